@@ -1,0 +1,181 @@
+"""Service settings: safe defaults, overridden by an optional TOML file, then by `CDS_PLUGIN_*` variables.
+
+Every field is documented in docs/configuration.md. Precedence (last wins): defaults, the TOML file named
+by `CDS_PLUGIN_CONFIG` (or passed explicitly), environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CDS_PLUGIN_"
+
+#: The public CDS Hooks sandbox (https://sandbox.cds-hooks.org) signs with a key whose private half is
+#: published; trusting it is for development only.
+SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """A CDS client allowed to call us: its `iss`, where its keys come from, which `jku` it may name.
+
+    `jwks_file` pins the key set (no fetching); otherwise keys come from the token's `jku` (only if
+    listed in `jku_allow`) or from `jwks_url`.
+    """
+
+    iss: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    jku_allow: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TrustedIssuer:
+        if not isinstance(data, Mapping) or not data.get("iss"):
+            raise SettingsError("trusted_issuers: every issuer needs an 'iss'")
+        unknown = set(data) - {"iss", "jwks_url", "jwks_file", "jku_allow"}
+        if unknown:
+            raise SettingsError(f"trusted_issuers[{data['iss']}]: unknown keys {sorted(unknown)}")
+        if not data.get("jwks_url") and not data.get("jwks_file") and not data.get("jku_allow"):
+            raise SettingsError(
+                f"trusted_issuers[{data['iss']}]: give jwks_url, jwks_file or jku_allow so keys can be found"
+            )
+        return cls(
+            iss=str(data["iss"]),
+            jwks_url=data.get("jwks_url"),
+            jwks_file=data.get("jwks_file"),
+            jku_allow=tuple(data.get("jku_allow") or ()),
+        )
+
+
+def _sandbox_issuer() -> TrustedIssuer:
+    jwks = Path(__file__).parent / "hooks" / "data" / "sandbox_jwks.json"
+    return TrustedIssuer(iss=SANDBOX_ISSUER, jwks_file=str(jwks), jku_allow=(SANDBOX_JKU,))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of one service instance. Build with `Settings.load()`."""
+
+    # Storage
+    data_dir: str = "var"
+    database_url: str = ""  # empty: a SQLite file in data_dir
+    # Serving
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    threads: int = 1
+    timeout_s: int = 30
+    torch_threads: int = 1
+    public_base_url: str = ""  # e.g. https://cds.example.org when behind a proxy; used for `aud` checks
+    max_body_bytes: int = 16 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ("*",)
+    log_level: str = "INFO"
+    # Client trust (JWT)
+    jwt_required: bool = True
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    trust_public_sandbox: bool = False
+    jwt_leeway_s: int = 30
+    jwt_max_lifetime_s: int = 3600
+    jwks_cache_s: int = 3600
+    # FHIR server fallback
+    fhir_fetch_budget_s: float = 3.0
+    fhir_max_pages: int = 10
+    fhir_open_servers: tuple[str, ...] = ()  # FHIR base URLs we may query without an access token
+    # Extra keys the settings file carries for later components (kept, not interpreted here)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'cds_plugin.sqlite3'}"
+
+    @property
+    def issuers(self) -> tuple[TrustedIssuer, ...]:
+        """Configured issuers plus the public sandbox when explicitly trusted."""
+        if self.trust_public_sandbox and not any(i.iss == SANDBOX_ISSUER for i in self.trusted_issuers):
+            return (*self.trusted_issuers, _sandbox_issuer())
+        return self.trusted_issuers
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        toml_path: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults <- TOML file <- environment <- keyword overrides (used by tests and the CLI)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = toml_path or environ.get(ENV_PREFIX + "CONFIG")
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    values.update(tomllib.load(fh))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {path}: {exc}") from exc
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for name in names:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update(overrides)
+        extra = {k: v for k, v in values.items() if k not in names}
+        kwargs = {k: _coerce(names[k], v) for k, v in values.items() if k in names and k != "extra"}
+        kwargs["extra"] = {**dict(values.get("extra") or {}), **extra}
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("workers", "threads", "timeout_s", "torch_threads", "fhir_max_pages", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: must be at least 1")
+        if self.fhir_fetch_budget_s <= 0:
+            raise SettingsError(f"{ENV_PREFIX}FHIR_FETCH_BUDGET_S: must be positive")
+        if ":" not in self.bind and not self.bind.startswith("unix:"):
+            raise SettingsError(f"{ENV_PREFIX}BIND: expected HOST:PORT, got {self.bind!r}")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type, with a clear error."""
+    name = f.name
+    kind = str(f.type)
+    try:
+        if name == "trusted_issuers":
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip() else []
+            return tuple(TrustedIssuer.from_mapping(v) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("tuple[str"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if kind == "str":
+            return str(value)
+        return value
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from exc

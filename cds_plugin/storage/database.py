@@ -1,0 +1,157 @@
+"""The service's database: one SQLAlchemy engine shared by feedback, issued cards and the JWT replay cache.
+
+A SQLite file by default (WAL journal, synchronous commits, so an acknowledged write survives a crash);
+any SQLAlchemy URL (PostgreSQL when several replicas share state) by setting. The schema is created or
+migrated when the service starts, under a version number kept in the database itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+#: Cards we returned, so feedback joins to what was shown. No patient data here.
+issued_cards = sa.Table(
+    "issued_cards",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(200), nullable=False, index=True),
+    sa.Column("hook", sa.String(100), nullable=False),
+    sa.Column("hook_instance", sa.String(200), nullable=False, index=True),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(100)),
+    sa.Column("suggestion_uuids", sa.JSON, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # sha256 of the canonical feedback item: the same feedback sent twice is stored once
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("service_id", sa.String(200), nullable=False, index=True),
+    sa.Column("card_uuid", sa.String(64), nullable=False, index=True),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("accepted_suggestions", sa.JSON, nullable=False),
+    sa.Column("override_reason_system", sa.String(500)),
+    sa.Column("override_reason_code", sa.String(200)),
+    sa.Column("override_user_comment", sa.Text),
+    sa.Column("outcome_timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: JWT ids already accepted, shared by all workers and replicas through the database.
+jwt_replay = sa.Table(
+    "jwt_replay",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),  # sha256(iss + "\n" + jti)
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+#: Ordered migrations: index i upgrades from version i to i + 1.
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    lambda conn: metadata.create_all(conn, tables=[issued_cards, feedback, jwt_replay]),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    """Owns the engine; `migrate()` brings the schema to the current version (safe to call concurrently)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict = {"future": True, "pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            path = url.split("sqlite:///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        self.engine: Engine = sa.create_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in force."""
+        with self.engine.begin() as conn:
+            metadata.create_all(conn, tables=[schema_version])
+            if self.dialect == "postgresql":
+                # serialize concurrent migrations of several replicas starting at once
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+            row = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.id == 1)).first()
+            current = row[0] if row else 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"database schema version {current} is newer than this release supports "
+                    f"({SCHEMA_VERSION}); upgrade cds-plugin"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                log.info("migrating database schema %d -> %d", version, version + 1)
+                MIGRATIONS[version](conn)
+            if row is None:
+                conn.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION))
+            elif current != SCHEMA_VERSION:
+                conn.execute(
+                    schema_version.update().where(schema_version.c.id == 1).values(version=SCHEMA_VERSION)
+                )
+        return SCHEMA_VERSION
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query (readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def insert_ignoring_duplicates(self, conn: Connection, table: sa.Table, rows: list[dict]) -> int:
+        """Insert rows, skipping those whose unique key already exists; returns how many were new."""
+        if not rows:
+            return 0
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # portable, slower: one savepoint per row
+            added = 0
+            for row in rows:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(table.insert().values(**row))
+                    added += 1
+                except sa.exc.IntegrityError:
+                    pass
+            return added
+        result = conn.execute(insert(table).values(rows).on_conflict_do_nothing())
+        return result.rowcount or 0
+
+    def dispose(self) -> None:
+        self.engine.dispose()
