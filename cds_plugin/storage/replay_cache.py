@@ -24,7 +24,9 @@ class DatabaseReplayCache:
         with self.db.engine.begin() as conn:
             # an expired entry of the same key no longer blocks (the token it guarded is dead anyway)
             conn.execute(sa.delete(jwt_replay).where(jwt_replay.c.key == key, jwt_replay.c.expires_at < now))
-            added = self.db.insert_ignoring_duplicates(conn, jwt_replay, [{"key": key, "expires_at": expires_at}])
+            added = self.db.insert_ignoring_duplicates(
+                conn, jwt_replay, [{"key": key, "expires_at": expires_at}]
+            )
         self._claims += 1
         if self._claims % 500 == 0:
             self.purge()

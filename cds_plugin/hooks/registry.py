@@ -1,0 +1,176 @@
+"""Registering CDS services by id: each declares its hook, prefetch templates and handler in one place.
+
+    registry = ServiceRegistry()
+
+    @registry.service("bmi-check", hook="patient-view", title="BMI", description="...",
+                      prefetch={"patient": "Patient/{{context.patientId}}"})
+    def bmi_check(call: HookCall) -> CDSResponse: ...
+
+Several services may share a hook; ids are unique. Templates are checked by `validate()`, which the app
+factory calls at start-up so an invalid template stops the service with a clear message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds_plugin.hooks.context import HOOK_CONTEXTS, HookContext
+from cds_plugin.hooks.discovery import DiscoveryResponse, ServiceDescriptor
+from cds_plugin.hooks.prefetch import PrefetchTemplateError, check_template
+from cds_plugin.hooks.request import CDSRequest
+from cds_plugin.hooks.response import CDSResponse
+
+SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,99}$")
+
+
+class ServiceConfigurationError(ValueError):
+    """A service was registered in a way the spec or this registry does not allow."""
+
+
+@dataclass
+class HookCall:
+    """Everything a handler needs for one call; `model_version` is set by the handler for the call log."""
+
+    service: Service
+    request: CDSRequest
+    context: HookContext
+    prefetch: dict[str, Any]
+    prefetch_sources: dict[str, str]
+    model_version: str | None = None
+
+    @property
+    def hook_instance(self) -> str:
+        return self.request.hookInstance
+
+
+Handler = Callable[[HookCall], CDSResponse]
+
+
+@dataclass
+class Service:
+    id: str
+    hook: str
+    description: str
+    handler: Handler
+    title: str | None = None
+    prefetch: dict[str, str] = field(default_factory=dict)
+    optional_prefetch: frozenset[str] = frozenset()
+    usage_requirements: str | None = None
+    #: Loads heavy objects (a model) once per worker; its result is kept in `state`.
+    load: Callable[[], Any] | None = None
+    context_model: type[HookContext] | None = None
+    state: Any = None
+    loaded: bool = False
+
+    @property
+    def required_prefetch(self) -> frozenset[str]:
+        return frozenset(self.prefetch) - self.optional_prefetch
+
+    @property
+    def context_type(self) -> type[HookContext]:
+        model = self.context_model or HOOK_CONTEXTS.get(self.hook)
+        if model is None:
+            raise ServiceConfigurationError(
+                f"service {self.id!r}: hook {self.hook!r} is not a known hook; pass context_model="
+            )
+        return model
+
+    def descriptor(self) -> ServiceDescriptor:
+        return ServiceDescriptor(
+            hook=self.hook,
+            title=self.title,
+            description=self.description,
+            id=self.id,
+            prefetch=dict(self.prefetch) or None,
+            usageRequirements=self.usage_requirements,
+        )
+
+    def ensure_loaded(self) -> None:
+        if not self.loaded:
+            self.state = self.load() if self.load else None
+            self.loaded = True
+
+
+class ServiceRegistry:
+    """An ordered set of services by id."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, Service] = {}
+
+    def add(self, service: Service) -> Service:
+        if not SERVICE_ID.match(service.id):
+            raise ServiceConfigurationError(f"service id {service.id!r} is not URL-safe")
+        if service.id in self._services:
+            raise ServiceConfigurationError(f"service id {service.id!r} is registered twice")
+        if not service.description:
+            raise ServiceConfigurationError(f"service {service.id!r}: a description is required")
+        unknown_optional = service.optional_prefetch - set(service.prefetch)
+        if unknown_optional:
+            raise ServiceConfigurationError(
+                f"service {service.id!r}: optional_prefetch names unknown keys {sorted(unknown_optional)}"
+            )
+        self._services[service.id] = service
+        return service
+
+    def service(
+        self,
+        id: str,
+        *,
+        hook: str,
+        description: str,
+        title: str | None = None,
+        prefetch: Mapping[str, str] | None = None,
+        optional_prefetch: set[str] | frozenset[str] = frozenset(),
+        usage_requirements: str | None = None,
+        load: Callable[[], Any] | None = None,
+        context_model: type[HookContext] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator registering `handler` as service `id` on `hook`."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(
+                Service(
+                    id=id,
+                    hook=hook,
+                    description=description,
+                    handler=handler,
+                    title=title,
+                    prefetch=dict(prefetch or {}),
+                    optional_prefetch=frozenset(optional_prefetch),
+                    usage_requirements=usage_requirements,
+                    load=load,
+                    context_model=context_model,
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, service_id: str) -> Service | None:
+        return self._services.get(service_id)
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self._services.values())
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def validate(self) -> None:
+        """Check every service's hook and prefetch templates; raise with a message naming the culprit."""
+        for service in self:
+            context_model = service.context_type
+            for key, template in service.prefetch.items():
+                try:
+                    check_template(service.id, key, template, context_model)
+                except PrefetchTemplateError as exc:
+                    raise ServiceConfigurationError(str(exc)) from exc
+
+    def discovery(self) -> DiscoveryResponse:
+        return DiscoveryResponse(services=[s.descriptor() for s in self])
+
+
+#: The registry the product's clinical services register into (see cds_plugin.services).
+default_registry = ServiceRegistry()

@@ -1,0 +1,207 @@
+"""The CDS Hooks endpoints: discovery, service calls and feedback. Thin: parse, call the core, render."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
+from pydantic import ValidationError
+
+from cds_plugin.errors import (
+    CdsPluginError,
+    NotFoundError,
+    RequestValidationError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+)
+from cds_plugin.hooks.feedback import FeedbackRequest
+from cds_plugin.hooks.fhir_client import FhirFetcher
+from cds_plugin.hooks.prefetch import resolve_prefetch
+from cds_plugin.hooks.registry import HookCall, Service
+from cds_plugin.hooks.request import CDSRequest
+from cds_plugin.hooks.response import CDSResponse
+from cds_plugin.web.call_log import log_call
+from cds_plugin.web.operation_outcome import error_response, from_validation_error
+from cds_plugin.web.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("cds_services", __name__)
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["cds_plugin"]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    return _json(_runtime().registry.discovery().to_json())
+
+
+def _service(service_id: str) -> Service:
+    service = _runtime().registry.get(service_id)
+    if service is None:
+        raise NotFoundError(f"no CDS service with id {service_id!r}", expression="id")
+    return service
+
+
+def _audience() -> str:
+    """The URL the client called, as it sees it (public_base_url when behind a proxy)."""
+    base = _runtime().settings.public_base_url
+    if base:
+        return base.rstrip("/") + request.path
+    return request.base_url
+
+
+def _authenticate() -> None:
+    trust = _runtime().trust
+    if trust is None:
+        return
+    trust.verify(request.headers.get("Authorization"), _audience())
+
+
+def _body() -> dict[str, Any]:
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise RequestValidationError("the request body is empty; expected a JSON object", code="required")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RequestValidationError("the request body is not valid JSON", code="structure") from exc
+    if not isinstance(body, dict):
+        raise RequestValidationError("the request body must be a JSON object", code="structure")
+    return body
+
+
+def _parse_call(service: Service, body: dict[str, Any]) -> tuple[CDSRequest, Any]:
+    try:
+        call = CDSRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+    if call.hook != service.hook:
+        raise RequestValidationError(
+            f"hook: service {service.id!r} answers {service.hook!r}, not {call.hook!r}", expression="hook"
+        )
+    try:
+        context = service.context_type.model_validate(call.context)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix="context") from exc
+    if call.prefetch is not None:
+        for key, value in call.prefetch.items():
+            if value is not None and not isinstance(value, dict):
+                raise RequestValidationError(
+                    f"prefetch.{key}: must be a FHIR resource or null", expression=f"prefetch.{key}"
+                )
+    return call, context
+
+
+def _fetcher(call: CDSRequest) -> FhirFetcher | None:
+    """A fetcher for the client's FHIR server: with its token, or without one only if allow-listed."""
+    if not call.fhirServer:
+        return None
+    settings = _runtime().settings
+    token = call.fhirAuthorization.access_token if call.fhirAuthorization else None
+    if token is None:
+        allowed = {s.rstrip("/") for s in settings.fhir_open_servers}
+        if call.fhirServer.rstrip("/") not in allowed:
+            return None
+    return FhirFetcher(
+        call.fhirServer,
+        token,
+        budget_s=settings.fhir_fetch_budget_s,
+        max_pages=settings.fhir_max_pages,
+        max_bytes=settings.max_body_bytes,
+        session=_runtime().http,
+    )
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"event": "hook_call", "service": service_id}
+    status = 500
+    try:
+        service = _service(service_id)
+        fields["hook"] = service.hook
+        _authenticate()
+        call, context = _parse_call(service, _body())
+        fields["hookInstance"] = call.hookInstance
+        resolved = resolve_prefetch(
+            service.prefetch, service.required_prefetch, call.prefetch, call.context, _fetcher(call)
+        )
+        hook_call = HookCall(
+            service=service,
+            request=call,
+            context=context,
+            prefetch=resolved.data,
+            prefetch_sources=resolved.sources,
+        )
+        response = service.handler(hook_call)
+        if not isinstance(response, CDSResponse):
+            raise TypeError(f"service {service.id!r} returned {type(response).__name__}, not CDSResponse")
+        response.ensure_uuids()
+        fields.update(cards=len(response.cards), model_version=hook_call.model_version)
+        _record_cards(service, call, response, hook_call.model_version)
+        status = 200
+        return _json(response.to_json())
+    except CdsPluginError as exc:
+        status = exc.status
+        fields["reason"] = exc.message if status != 401 else "client authentication failed"
+        if isinstance(exc, UnauthorizedError):
+            log.info("refused client: %s", exc.message)
+        return error_response(exc)
+    finally:
+        fields.update(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1))
+        if status >= 500:
+            fields.pop("reason", None)
+        log_call(**fields)
+
+
+def _record_cards(
+    service: Service, call: CDSRequest, response: CDSResponse, model_version: str | None
+) -> None:
+    """Keep what was shown so feedback joins to it; a database outage must not fail the hook call."""
+    if not response.cards:
+        return
+    try:
+        _runtime().card_log.record(service.id, service.hook, call.hookInstance, response, model_version)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("could not record issued cards: %s", type(exc).__name__)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"event": "feedback", "service": service_id}
+    status = 500
+    try:
+        _service(service_id)
+        _authenticate()
+        try:
+            body = FeedbackRequest.model_validate(_body())
+        except ValidationError as exc:
+            raise from_validation_error(exc) from exc
+        try:
+            added = _runtime().feedback_store.save(service_id, body.feedback)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("feedback not stored, database error: %s", type(exc).__name__)
+            raise ServiceUnavailableError("feedback could not be stored; try again later") from exc
+        fields.update(items=len(body.feedback), new=added)
+        status = 200
+        return Response(status=200)
+    except CdsPluginError as exc:
+        status = exc.status
+        if isinstance(exc, UnauthorizedError):
+            log.info("refused client: %s", exc.message)
+        return error_response(exc)
+    finally:
+        fields.update(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1))
+        log_call(**fields)
