@@ -1,0 +1,35 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from cds_plugin.hooks.registry import ServiceRegistry
+from cds_plugin.web.app import create_app
+
+
+def test_healthz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_reports_database_and_services(client):
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["database"] is True and body["services"]["echo-patient"] is True
+
+
+def test_readyz_503_when_database_unreachable(app, client):
+    app.extensions["cds_plugin"].db.engine = sa.create_engine("sqlite:////nonexistent-dir/x.sqlite3")
+    resp = client.get("/readyz")
+    assert resp.status_code == 503 and resp.get_json()["database"] is False
+
+
+def test_services_load_once_at_start(settings):
+    loads = []
+    registry = ServiceRegistry()
+    registry.service("m", hook="patient-view", description="d", load=lambda: loads.append(1) or "model")(
+        lambda call: None
+    )
+    create_app(settings, registry)
+    assert loads == [1] and registry.get("m").state == "model"
