@@ -1,4 +1,4 @@
-"""The spec's example bodies parse and round-trip; card invariants cds-resp-1..6 hold (req 3, 80-147, 216-219)."""
+"""Spec example bodies parse and round-trip; card invariants cds-resp-1..6 (req 3, 80-147, 216-219)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feedback endpoint (req 148 and the feedback invariants cds-fb-1..3): validated, stored once, 200 after commit."""
+"""Feedback endpoint (req 148; invariants cds-fb-1..3): validated, stored once, 200 after the commit."""
 
 from __future__ import annotations
 
