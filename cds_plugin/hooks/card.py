@@ -7,9 +7,10 @@ the spec cannot be built by a service in the first place.
 from __future__ import annotations
 
 import uuid as uuid_lib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from cds_plugin.hooks.coding import Coding
 from cds_plugin.hooks.wire import WireModel
@@ -21,10 +22,22 @@ def new_uuid() -> str:
     return str(uuid_lib.uuid4())
 
 
+def _absolute_url(value: str | None) -> str | None:
+    """Source.url, Source.icon and Link.url are absolute URLs (req 107, 111, 139)."""
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+AbsoluteUrl = Annotated[str, AfterValidator(_absolute_url)]
+
+
 class Source(WireModel):
     label: str = Field(min_length=1)
-    url: str | None = None
-    icon: str | None = None
+    url: AbsoluteUrl | None = None
+    icon: AbsoluteUrl | None = None
     topic: Coding | None = None
 
 
@@ -52,7 +65,7 @@ class Suggestion(WireModel):
 
 class Link(WireModel):
     label: str = Field(min_length=1)
-    url: str = Field(min_length=1)
+    url: AbsoluteUrl
     type: Literal["absolute", "smart"]
     appContext: str | None = None
 

@@ -120,3 +120,14 @@ def test_access_token_never_in_repr():
         hook="h", hookInstance="i", context={}, fhirServer="http://x", fhirAuthorization=auth
     )
     assert "s3cr3t" not in repr(request)
+
+
+@pytest.mark.parametrize("url", ["example.com", "/relative", "ftp://x/y", "javascript:alert(1)"])
+def test_urls_must_be_absolute(url):
+    """Req 107, 111, 139."""
+    with pytest.raises(ValidationError, match="absolute"):
+        Source(label="x", url=url)
+    with pytest.raises(ValidationError, match="absolute"):
+        Source(label="x", icon=url)
+    with pytest.raises(ValidationError, match="absolute"):
+        Link(label="x", url=url, type="absolute")

@@ -97,10 +97,10 @@ def test_feedback_for_unknown_service_is_404(client):
     assert client.post("/cds-services/nope/feedback", json={"feedback": [item()]}).status_code == 404
 
 
-def test_database_down_gives_503_and_never_claims_success(app, client):
+def test_database_down_gives_503_and_never_claims_success(app, client, tmp_path):
     db = app.extensions["cds_plugin"].db
     db.engine.dispose()
-    db.engine = sa.create_engine("sqlite:////nonexistent-dir/x.sqlite3")
+    db.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing-dir/x.sqlite3")
     resp = client.post("/cds-services/echo-patient/feedback", json={"feedback": [item()]})
     assert resp.status_code == 503
     assert resp.get_json()["resourceType"] == "OperationOutcome"

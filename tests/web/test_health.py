@@ -19,8 +19,8 @@ def test_readyz_reports_database_and_services(client):
     assert body["database"] is True and body["services"]["echo-patient"] is True
 
 
-def test_readyz_503_when_database_unreachable(app, client):
-    app.extensions["cds_plugin"].db.engine = sa.create_engine("sqlite:////nonexistent-dir/x.sqlite3")
+def test_readyz_503_when_database_unreachable(app, client, tmp_path):
+    app.extensions["cds_plugin"].db.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing-dir/x.sqlite3")
     resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.get_json()["database"] is False
 
