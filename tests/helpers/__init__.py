@@ -1,0 +1,1 @@
+"""Helpers shared by several test packages (token minting, loopback servers)."""
