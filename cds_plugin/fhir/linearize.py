@@ -1,0 +1,500 @@
+"""The record as model input: an ordered list of short text segments, one per fact, with provenance.
+
+Segments are the unit a model tokenizes (segment by segment), so every token maps to exactly one
+segment and so to one resource: an attribution summed per segment sums exactly to FHIR resources
+(`Linearization.attribute`). Order: demographics, then conditions, medications, allergies,
+observations, procedures, immunizations, encounters, care plans. Within a type the most relevant come
+first (active before inactive; the latest occurrence of each distinct code before repeats; then most
+recent first), and each type has its own fact and token budget so one long history cannot crowd out the
+rest. The output depends only on the record and the arguments.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+
+from cds_plugin.fhir.record import (
+    FACT_FIELDS,
+    Allergy,
+    CarePlan,
+    Concept,
+    Condition,
+    Encounter,
+    Fact,
+    Immunization,
+    MedicationRequest,
+    Observation,
+    PatientRecord,
+    Procedure,
+)
+from cds_plugin.fhir.values import (
+    ADULT_RANGES,
+    INTERPRETATION_WORDS,
+    age_band,
+    format_number,
+    range_flag,
+    relative_time,
+)
+
+#: Facts per resource type kept at most.
+DEFAULT_MAX_FACTS: Mapping[str, int] = MappingProxyType(
+    {
+        "Condition": 40,
+        "MedicationRequest": 24,
+        "AllergyIntolerance": 10,
+        "Observation": 48,
+        "Procedure": 16,
+        "Immunization": 8,
+        "Encounter": 12,
+        "CarePlan": 6,
+    }
+)
+#: Approximate tokens per resource type kept at most (see `approx_tokens`).
+DEFAULT_MAX_TOKENS: Mapping[str, int] = MappingProxyType(
+    {
+        "Condition": 400,
+        "MedicationRequest": 300,
+        "AllergyIntolerance": 100,
+        "Observation": 600,
+        "Procedure": 160,
+        "Immunization": 80,
+        "Encounter": 160,
+        "CarePlan": 100,
+    }
+)
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060\ufeff]")
+_SPACES = re.compile(r"\s+")
+_MAX_DISPLAY = 100
+
+_ENCOUNTER_CLASSES = {
+    "AMB": "ambulatory",
+    "EMER": "emergency",
+    "IMP": "inpatient",
+    "ACUTE": "inpatient acute",
+    "NONAC": "inpatient non-acute",
+    "OBSENC": "observation",
+    "PRENC": "pre-admission",
+    "SS": "short stay",
+    "VR": "virtual",
+    "HH": "home health",
+    "FLD": "field",
+}
+_OBSERVATION_LABELS = {
+    "vital-signs": "vital",
+    "vital-sign": "vital",
+    "laboratory": "lab",
+    "survey": "survey",
+    "social-history": "social history",
+    "exam": "exam",
+    "imaging": "imaging",
+    "procedure": "procedure result",
+    "clinical-test": "clinical test",
+    "therapy": "therapy",
+    "activity": "activity",
+}
+
+
+def approx_tokens(text: str) -> int:
+    """Words and punctuation marks: a stand-in for a real tokenizer's count (pass `count_tokens`)."""
+    return len(_WORDS.findall(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One fact as model text, with the provenance to map its tokens back to FHIR.
+
+    `display` is the human label of the fact (for cards and explanations); `code` the primary coding as
+    `system|code` when there is one.
+    """
+
+    text: str
+    reference: str
+    resource_type: str
+    path: str
+    date: datetime | None
+    display: str
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """Segments in model order; `text` joins them with `separator`.
+
+    `omitted` counts facts left out per resource type by the budgets (or because they are
+    entered-in-error or cancelled).
+    """
+
+    segments: tuple[Segment, ...]
+    reference_time: datetime
+    omitted: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    separator: str = "\n"
+
+    @property
+    def text(self) -> str:
+        return self.separator.join(s.text for s in self.segments)
+
+    def offsets(self) -> tuple[tuple[int, int], ...]:
+        """(start, end) character offsets of each segment in `text`."""
+        out = []
+        position = 0
+        step = len(self.separator)
+        for segment in self.segments:
+            end = position + len(segment.text)
+            out.append((position, end))
+            position = end + step
+        return tuple(out)
+
+    def segment_at(self, offset: int) -> int | None:
+        """Index of the segment covering character `offset` of `text` (None on a separator)."""
+        spans = self.offsets()
+        i = bisect.bisect_right([start for start, _ in spans], offset) - 1
+        if i >= 0 and spans[i][0] <= offset < spans[i][1]:
+            return i
+        return None
+
+    def attribute(self, scores: Sequence[float]) -> dict[str, float]:
+        """Sum per-segment scores (e.g. token attributions summed per segment) per FHIR reference."""
+        if len(scores) != len(self.segments):
+            raise ValueError("attribute: one score per segment expected")
+        out: dict[str, float] = {}
+        for segment, score in zip(self.segments, scores, strict=True):
+            out[segment.reference] = out.get(segment.reference, 0.0) + float(score)
+        return out
+
+    def references(self) -> tuple[str, ...]:
+        """Distinct references in segment order."""
+        return tuple(dict.fromkeys(s.reference for s in self.segments))
+
+
+def linearize(
+    record: PatientRecord,
+    *,
+    max_facts: Mapping[str, int] | None = None,
+    max_tokens: Mapping[str, int] | None = None,
+    count_tokens: Callable[[str], int] = approx_tokens,
+    separator: str = "\n",
+) -> Linearization:
+    """The record as ordered, budgeted text segments with provenance (see the module docstring).
+
+    `max_facts` / `max_tokens` override the per-type defaults (keys: FHIR resource types); `count_tokens`
+    should be the model tokenizer's length function when there is one.
+    """
+    facts_budget = {**DEFAULT_MAX_FACTS, **(max_facts or {})}
+    tokens_budget = {**DEFAULT_MAX_TOKENS, **(max_tokens or {})}
+    now = record.reference_time
+    age = record.age
+    segments = _demographics(record)
+    omitted: dict[str, int] = {}
+    for name, rtype in FACT_FIELDS:
+        facts = getattr(record, name)
+        if not facts:
+            continue
+        candidates = _ranked(facts, rtype, now, age)
+        limit_facts = facts_budget.get(rtype, 0)
+        limit_tokens = tokens_budget.get(rtype, 0)
+        used_tokens = 0
+        kept = 0
+        for segment in candidates:
+            if kept >= limit_facts:
+                break
+            cost = count_tokens(segment.text)
+            if used_tokens + cost > limit_tokens:
+                break
+            segments.append(segment)
+            used_tokens += cost
+            kept += 1
+        if kept < len(facts):
+            omitted[rtype] = len(facts) - kept
+    return Linearization(tuple(segments), now, MappingProxyType(omitted), separator)
+
+
+# --- ranking -----------------------------------------------------------------------------------------
+
+
+def _ranked(facts: Iterable[Fact], rtype: str, now: datetime, age: float | None) -> list[Segment]:
+    render, tier_of = _RENDERERS[rtype]
+    scored = []
+    for fact in facts:
+        tier = tier_of(fact)
+        if tier is None:
+            continue
+        segment = render(fact, now, age)
+        when = fact.date.timestamp() if fact.date is not None else float("-inf")
+        scored.append((tier, -when, segment.text, fact.reference, fact.path, segment))
+    scored.sort(key=lambda item: item[:5])
+    # The latest occurrence of each distinct concept first, repeats after (stable within each group).
+    seen: set[str] = set()
+    novel, repeats = [], []
+    for item in scored:
+        segment = item[5]
+        key = segment.code or segment.display
+        (repeats if key in seen else novel).append(item)
+        seen.add(key)
+    ordered = sorted(novel, key=lambda item: item[:5]) + sorted(repeats, key=lambda item: item[:5])
+    return [item[5] for item in ordered]
+
+
+def _condition_tier(fact: Condition) -> int | None:
+    if fact.verification_status == "entered-in-error":
+        return None
+    if fact.verification_status == "refuted":
+        return 3
+    if fact.clinical_status in ("active", "recurrence", "relapse"):
+        return 0
+    if fact.clinical_status in (None, "unknown"):
+        return 1
+    return 2
+
+
+def _request_tier(fact: MedicationRequest) -> int | None:
+    if fact.status == "entered-in-error" or fact.code is None:
+        return None
+    if fact.status in ("active", "on-hold", "draft"):
+        return 0
+    if fact.status in (None, "unknown"):
+        return 1
+    return 2
+
+
+def _allergy_tier(fact: Allergy) -> int | None:
+    if fact.verification_status == "entered-in-error":
+        return None
+    return 0 if fact.clinical_status in ("active", None) else 1
+
+
+_OBSERVATION_TIERS = {"vital-signs": 0, "vital-sign": 0, "laboratory": 0, "survey": 2, "social-history": 2}
+
+
+def _observation_tier(fact: Observation) -> int | None:
+    """Measurements first, then other findings, then questionnaires; free text last."""
+    if fact.status in ("entered-in-error", "cancelled"):
+        return None
+    if fact.value_text is not None and fact.value is None and fact.value_concept is None:
+        return 3
+    tier = 1
+    for category in fact.categories:
+        tier = min(tier, _OBSERVATION_TIERS.get(category, 1))
+    return tier
+
+
+def _status_tier(excluded: frozenset[str], active: frozenset[str] = frozenset()) -> Callable:
+    def tier(fact: Fact) -> int | None:
+        status = getattr(fact, "status", None)
+        if status in excluded:
+            return None
+        return 0 if not active or status in active else 1
+
+    return tier
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def clean(text: str | None) -> str:
+    """Display text without invisible characters and runs of spaces, at most 100 characters."""
+    if not text:
+        return ""
+    text = _SPACES.sub(" ", _INVISIBLE.sub("", text)).strip()
+    return text if len(text) <= _MAX_DISPLAY else text[: _MAX_DISPLAY - 1].rstrip() + "…"
+
+
+def _label(concept: Concept | None) -> tuple[str, str | None]:
+    if concept is None:
+        return "unknown", None
+    primary = concept.primary
+    return clean(concept.display) or "unknown", (primary.token if primary is not None else None)
+
+
+def _when(prefix: str, when: datetime | None, now: datetime) -> str:
+    return f"; {prefix}{relative_time(when, now)}" if when is not None else ""
+
+
+def _segment(fact: Fact, text: str, display: str, code: str | None) -> Segment:
+    return Segment(text, fact.reference, fact.resource_type, fact.path, fact.date, display, code)
+
+
+def _demographics(record: PatientRecord) -> list[Segment]:
+    patient = record.patient
+    out = [
+        Segment(
+            f"age {age_band(record.age)}", patient.reference, "Patient", "Patient.birthDate", None, "age"
+        ),
+        Segment(
+            f"sex {patient.sex or 'unknown'}", patient.reference, "Patient", "Patient.gender", None, "sex"
+        ),
+    ]
+    if patient.deceased:
+        path = "Patient.deceasedDateTime" if patient.deceased_at is not None else "Patient.deceasedBoolean"
+        out.append(Segment("deceased", patient.reference, "Patient", path, patient.deceased_at, "deceased"))
+    return out
+
+
+def _render_condition(fact: Condition, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    parts = [f"condition: {display}"]
+    if fact.clinical_status:
+        parts.append(fact.clinical_status)
+    if fact.verification_status and fact.verification_status != "confirmed":
+        parts.append(fact.verification_status)
+    text = "; ".join(parts) + _when("onset ", fact.date, now) + _when("ended ", fact.abatement, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_request(fact: MedicationRequest, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    parts = [f"medication: {display}"]
+    if fact.status:
+        parts.append(fact.status)
+    if fact.intent and fact.intent != "order":
+        parts.append(fact.intent)
+    text = "; ".join(parts) + _when("ordered ", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_allergy(fact: Allergy, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    kind = "intolerance" if fact.type == "intolerance" else "allergy"
+    category = f" ({', '.join(fact.categories)})" if fact.categories else ""
+    parts = [f"{kind}{category}: {display}"]
+    if fact.clinical_status:
+        parts.append(fact.clinical_status)
+    if fact.criticality in ("high", "low"):
+        parts.append(f"{fact.criticality} criticality")
+    reactions = [clean(r.display) for r in fact.reactions[:3] if r.display]
+    if reactions:
+        parts.append("reaction " + ", ".join(reactions))
+    text = "; ".join(parts) + _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _unit(unit: str | None) -> str:
+    return unit.replace("{", "").replace("}", "") if unit else ""
+
+
+def observation_value(fact: Observation, age: float | None) -> str:
+    """The value as model text: `130 mm[Hg] high`, `Never smoker`, `yes`, `not available`."""
+    if fact.value is not None:
+        comparator = fact.comparator or ""
+        text = f"{comparator}{format_number(fact.value)}"
+        unit = _unit(fact.unit)
+        if unit:
+            text += f" {unit}"
+        flag = _flag(fact, age)
+        return f"{text} {flag}" if flag else text
+    if fact.value_concept is not None:
+        return clean(fact.value_concept.display)
+    if fact.value_text is not None:
+        return clean(fact.value_text)
+    if fact.absent_reason is not None:
+        return "not available"
+    return ""
+
+
+def _flag(fact: Observation, age: float | None) -> str | None:
+    for code in fact.interpretation:
+        word = INTERPRETATION_WORDS.get(code)
+        if word:
+            return word
+    value = fact.value
+    if value is None:
+        return None
+    if fact.ref_low is not None or fact.ref_high is not None:
+        return range_flag(value, fact.ref_low, fact.ref_high)
+    if age is None or age < 18 or fact.code is None:
+        return None
+    for code in fact.code.codes("http://loinc.org"):
+        known = ADULT_RANGES.get(code)
+        if known is not None and fact.unit in known[2]:
+            return range_flag(value, known[0], known[1])
+    return None
+
+
+def _render_observation(fact: Observation, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    label = "observation"
+    for category in fact.categories:
+        if category in _OBSERVATION_LABELS:
+            label = _OBSERVATION_LABELS[category]
+            break
+    value = observation_value(fact, age)
+    text = f"{label}: {display}" + (f" {value}" if value else "")
+    if fact.status in ("preliminary", "registered"):
+        text += f"; {fact.status}"
+    text += _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_procedure(fact: Procedure, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    text = f"procedure: {display}"
+    if fact.status and fact.status != "completed":
+        text += f"; {fact.status}"
+    text += _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_immunization(fact: Immunization, now: datetime, age: float | None) -> Segment:
+    display, code = _label(fact.code)
+    text = f"vaccine: {display}"
+    if fact.status and fact.status != "completed":
+        text += f"; {fact.status}"
+    text += _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_encounter(fact: Encounter, now: datetime, age: float | None) -> Segment:
+    kind = _ENCOUNTER_CLASSES.get(fact.class_code or "", clean(fact.class_code) or "")
+    types = [clean(t.display) for t in fact.types[:2] if t.display]
+    display = types[0] if types else (kind or "encounter")
+    code = None
+    if fact.types and fact.types[0].primary is not None:
+        code = fact.types[0].primary.token
+    text = "encounter: " + ", ".join(p for p in [kind, *types] if p)
+    reasons = [clean(r.display) for r in fact.reasons[:2] if r.display]
+    if reasons:
+        text += "; reason " + ", ".join(reasons)
+    if fact.status == "in-progress":
+        text += "; ongoing"
+    text += _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+def _render_care_plan(fact: CarePlan, now: datetime, age: float | None) -> Segment:
+    # Categories with words (US Core's bare `assess-plan` code carries none).
+    named = [c for c in fact.categories if c.text or any(x.display for x in c.codings)]
+    labels = [clean(c.display) for c in named]
+    display = labels[0] if labels else "care plan"
+    code = named[0].primary.token if named and named[0].primary is not None else None
+    parts = ["care plan: " + (", ".join(labels) or "unspecified")]
+    if fact.status:
+        parts.append(fact.status)
+    activities = [clean(a.display) for a in fact.activities[:4] if a.display]
+    if activities:
+        parts.append(", ".join(activities))
+    text = "; ".join(parts) + _when("", fact.date, now)
+    return _segment(fact, text, display, code)
+
+
+_RENDERERS: dict[str, tuple[Callable, Callable]] = {
+    "Condition": (_render_condition, _condition_tier),
+    "MedicationRequest": (_render_request, _request_tier),
+    "AllergyIntolerance": (_render_allergy, _allergy_tier),
+    "Observation": (_render_observation, _observation_tier),
+    "Procedure": (_render_procedure, _status_tier(frozenset({"entered-in-error"}))),
+    "Immunization": (_render_immunization, _status_tier(frozenset({"entered-in-error"}))),
+    "Encounter": (
+        _render_encounter,
+        _status_tier(frozenset({"entered-in-error", "cancelled"})),
+    ),
+    "CarePlan": (
+        _render_care_plan,
+        _status_tier(frozenset({"entered-in-error"}), frozenset({"active", "on-hold", "draft"})),
+    ),
+}
