@@ -93,7 +93,8 @@ class KeyPair:
         """A compact JWS of `claims`, signed with this key's own algorithm.
 
         The header has alg (this key's, or `alg` to lie about it), typ=JWT and this key's kid (unless
-        `omit_kid`); `headers` entries are added last, e.g. `{"jku": url}` or `{"kid": 7}`. Built by hand
+        `omit_kid`); `headers` entries are added last, e.g. `{"jku": url}` or `{"kid": 7}`, and an entry
+        set to None is removed (`{"typ": None}`). Built by hand
         so tests can send what PyJWT would refuse to encode (a numeric iss, a non-string kid, a header
         alg that does not match the key).
         """
@@ -101,6 +102,7 @@ class KeyPair:
         if not omit_kid:
             header["kid"] = self.kid
         header.update(headers or {})
+        header = {k: v for k, v in header.items() if v is not None}  # None removes an entry, e.g. typ
         signing_input = f"{_json_b64(header)}.{_json_b64(claims)}".encode("ascii")
         signature = get_default_algorithms()[self.alg].sign(signing_input, self.private_key)
         return f"{signing_input.decode('ascii')}.{b64url(signature)}"
