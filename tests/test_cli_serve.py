@@ -21,11 +21,20 @@ def free_port() -> int:
 
 def start(tmp_path, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "CDS_PLUGIN_BIND": f"127.0.0.1:{port}", "CDS_PLUGIN_DATA_DIR": str(tmp_path),
-           "CDS_PLUGIN_WORKERS": "2"}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "cds_plugin.cli", "serve", *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "CDS_PLUGIN_BIND": f"127.0.0.1:{port}",
+        "CDS_PLUGIN_DATA_DIR": str(tmp_path),
+        "CDS_PLUGIN_WORKERS": "2",
+    }
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cds_plugin.cli", "serve", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -69,6 +78,7 @@ def test_serve_answers_discovery(tmp_path, dev):
 
 def test_bad_setting_exits_with_a_clear_message(tmp_path):
     env = {**os.environ, "CDS_PLUGIN_WORKERS": "lots"}
-    result = subprocess.run([sys.executable, "-m", "cds_plugin.cli", "serve"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_plugin.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "CDS_PLUGIN_WORKERS" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from cds_plugin.storage.database import SCHEMA_VERSION, Database, schema_version
@@ -22,12 +23,8 @@ def test_refuses_a_newer_schema(tmp_path):
     db.migrate()
     with db.engine.begin() as conn:
         conn.execute(schema_version.update().values(version=SCHEMA_VERSION + 1))
-    try:
+    with pytest.raises(RuntimeError, match="newer"):
         db.migrate()
-    except RuntimeError as exc:
-        assert "newer" in str(exc)
-    else:
-        raise AssertionError("a newer schema must stop start-up")
 
 
 def test_sqlite_is_wal_with_synchronous_commits(tmp_path):
