@@ -204,3 +204,18 @@ def _resource_problem(
     if rtype == "Patient" or options.strict:
         raise FhirInputError(message, expression=f"{entry.where}.{path}")
     notes.append(message + "; skipped")
+
+
+def pick_record(records: list[PatientRecord], patient_id: str | None) -> PatientRecord:
+    """The record of `patient_id` (an id or `Patient/id`), or the only record when no id is given."""
+    if patient_id is not None:
+        wanted = {patient_id, f"Patient/{patient_id}"}
+        matches = [r for r in records if r.patient.id in wanted or r.patient.reference in wanted]
+        if not matches:
+            raise FhirInputError("input: no Patient with the requested id", expression="Patient.id")
+        return matches[0]
+    if len(records) != 1:
+        raise FhirInputError(
+            f"input: holds {len(records)} patients; pass patient_id or use read_records", expression="Patient"
+        )
+    return records[0]

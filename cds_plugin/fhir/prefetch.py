@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cds_plugin.errors import FhirInputError
+from cds_plugin.fhir.build import Collected, Options, pick_record, read_entries
 from cds_plugin.fhir.bundle import Entry, EntryCounter, iter_bundle
 from cds_plugin.fhir.limits import (
     DEFAULT_MAX_BYTES,
@@ -18,9 +19,7 @@ from cds_plugin.fhir.limits import (
     DEFAULT_MAX_ENTRIES,
     Limits,
 )
-
-if TYPE_CHECKING:
-    from cds_plugin.fhir.record import PatientRecord
+from cds_plugin.fhir.record import PatientRecord
 
 
 def iter_prefetch(
@@ -70,18 +69,7 @@ def read_prefetch(
 
     `patient_id` is `context.patientId`: the prefetched Patient must be that patient.
     """
-    from cds_plugin.fhir.reader import read_record
-
-    if not isinstance(prefetch, Mapping) or "resourceType" in prefetch:
-        raise FhirInputError("prefetch: not a prefetch object", expression="prefetch")
-    sources: list[Any] = [dict(prefetch)]
-    if draft_orders is not None:
-        if not isinstance(draft_orders, Mapping) or draft_orders.get("resourceType") != "Bundle":
-            raise FhirInputError("context.draftOrders: not a Bundle", expression="context.draftOrders")
-        sources.append(dict(draft_orders))
-    return read_record(
-        sources,
-        patient_id=patient_id,
+    options = Options.make(
         as_of=as_of,
         strict=strict,
         validation=validation,
@@ -89,3 +77,14 @@ def read_prefetch(
         max_entries=max_entries,
         max_depth=max_depth,
     )
+    if not isinstance(prefetch, Mapping) or "resourceType" in prefetch:
+        raise FhirInputError("prefetch: not a prefetch object", expression="prefetch")
+    counter = EntryCounter(options.limits)
+    notes: list[str] = []
+    kwargs = {"limits": options.limits, "counter": counter, "notes": notes, "strict": options.strict}
+    entries = list(iter_prefetch(dict(prefetch), where="prefetch", **kwargs))
+    if draft_orders is not None:
+        if not isinstance(draft_orders, Mapping) or draft_orders.get("resourceType") != "Bundle":
+            raise FhirInputError("context.draftOrders: not a Bundle", expression="context.draftOrders")
+        entries.extend(iter_bundle(dict(draft_orders), "context.draftOrders", **kwargs))
+    return pick_record(read_entries(Collected(entries, notes), options), patient_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_plugin.errors import FhirInputError, InputLimitError
-from cds_plugin.fhir.build import Collected, Options, read_entries
+from cds_plugin.fhir.build import Collected, Options, pick_record, read_entries
 from cds_plugin.fhir.bundle import Entry, EntryCounter, iter_bundle
 from cds_plugin.fhir.limits import (
     DEFAULT_MAX_BYTES,
@@ -64,9 +64,9 @@ def read_record(
     path = _as_path(source)
     if path is not None and (path.is_dir() or path.name.endswith(_NDJSON_SUFFIXES)):
         records = list(_read_path_records(path, options))
-        return _pick(records, patient_id)
+        return pick_record(records, patient_id)
     records = read_entries(_source_entries(source, options), options)
-    return _pick(records, patient_id)
+    return pick_record(records, patient_id)
 
 
 def read_records(
@@ -199,17 +199,3 @@ def _read_path_records(path: Path, options: Options) -> Iterator[PatientRecord]:
     if not path.exists():
         raise FhirInputError(f"{path.name}: no such file or folder", expression=path.name)
     yield from read_ndjson_files([path], options)
-
-
-def _pick(records: list[PatientRecord], patient_id: str | None) -> PatientRecord:
-    if patient_id is not None:
-        wanted = {patient_id, f"Patient/{patient_id}"}
-        matches = [r for r in records if r.patient.id in wanted or r.patient.reference in wanted]
-        if not matches:
-            raise FhirInputError("input: no Patient with the requested id", expression="Patient.id")
-        return matches[0]
-    if len(records) != 1:
-        raise FhirInputError(
-            f"input: holds {len(records)} patients; pass patient_id or use read_records", expression="Patient"
-        )
-    return records[0]
