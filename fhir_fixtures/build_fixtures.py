@@ -57,8 +57,8 @@ PATIENTS = {
         "smart-r4-2019/Birgit_Schmeler_7e8ee10e-569b-4229-9380-62c49244902c.json.gz",
         ("745679", "200 ACTUAT Albuterol 0.09 MG/ACTUAT Metered Dose Inhaler"),
     ),
-    "child-5y-2019": (
-        "smart-r4-2019/Brain_Erdman_ae4b94e4-cfbb-4091-828d-8ddc1c32bb6b.json.gz",
+    "child-toddler-2019": (
+        "smart-r4-2019/Andy_Gusikowski_76742a08-3643-41fa-bddc-73a2c0bae9da.json.gz",
         ("308182", "Amoxicillin 250 MG Oral Capsule"),
     ),
 }

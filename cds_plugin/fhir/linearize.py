@@ -68,6 +68,23 @@ DEFAULT_MAX_TOKENS: Mapping[str, int] = MappingProxyType(
     }
 )
 
+#: Record field and resource type, in model order: what is wrong and what is taken before what was measured.
+LINEAR_ORDER: tuple[tuple[str, str], ...] = tuple(
+    sorted(
+        FACT_FIELDS,
+        key=lambda item: [
+            "Condition",
+            "MedicationRequest",
+            "AllergyIntolerance",
+            "Observation",
+            "Procedure",
+            "Immunization",
+            "Encounter",
+            "CarePlan",
+        ].index(item[1]),
+    )
+)
+
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"\s+")
@@ -192,18 +209,19 @@ def linearize(
     age = record.age
     segments = _demographics(record)
     omitted: dict[str, int] = {}
-    for name, rtype in FACT_FIELDS:
+    for name, rtype in LINEAR_ORDER:
         facts = getattr(record, name)
         if not facts:
             continue
-        candidates = _ranked(facts, rtype, now, age)
+        render = _RENDERERS[rtype][0]
         limit_facts = facts_budget.get(rtype, 0)
         limit_tokens = tokens_budget.get(rtype, 0)
         used_tokens = 0
         kept = 0
-        for segment in candidates:
+        for fact in _ranked(facts, rtype):
             if kept >= limit_facts:
                 break
+            segment = render(fact, now, age)
             cost = count_tokens(segment.text)
             if used_tokens + cost > limit_tokens:
                 break
@@ -218,27 +236,36 @@ def linearize(
 # --- ranking -----------------------------------------------------------------------------------------
 
 
-def _ranked(facts: Iterable[Fact], rtype: str, now: datetime, age: float | None) -> list[Segment]:
-    render, tier_of = _RENDERERS[rtype]
+def _ranked(facts: Iterable[Fact], rtype: str) -> list[Fact]:
+    """Facts in relevance order; rendering happens later, only for what fits the budget."""
+    tier_of = _RENDERERS[rtype][1]
     scored = []
     for fact in facts:
         tier = tier_of(fact)
         if tier is None:
             continue
-        segment = render(fact, now, age)
         when = fact.date.timestamp() if fact.date is not None else float("-inf")
-        scored.append((tier, -when, segment.text, fact.reference, fact.path, segment))
-    scored.sort(key=lambda item: item[:5])
-    # The latest occurrence of each distinct concept first, repeats after (stable within each group).
-    seen: set[str] = set()
+        scored.append((tier, -when, fact.reference, fact.path, fact))
+    scored.sort(key=lambda item: item[:4])
+    # The latest occurrence of each distinct concept first, repeats after (order kept within each).
+    seen: set[object] = set()
     novel, repeats = [], []
     for item in scored:
-        segment = item[5]
-        key = segment.code or segment.display
-        (repeats if key in seen else novel).append(item)
+        key = _concept_key(item[4])
+        (repeats if key in seen else novel).append(item[4])
         seen.add(key)
-    ordered = sorted(novel, key=lambda item: item[:5]) + sorted(repeats, key=lambda item: item[:5])
-    return [item[5] for item in ordered]
+    return novel + repeats
+
+
+def _concept_key(fact: Fact) -> object:
+    concept = getattr(fact, "code", None)
+    if concept is None:
+        concepts = getattr(fact, "types", None) or getattr(fact, "categories", None) or ()
+        concept = concepts[0] if concepts and isinstance(concepts[0], Concept) else None
+    if concept is None:
+        return (fact.resource_type, None)
+    primary = concept.primary
+    return (fact.resource_type, primary.token if primary is not None else concept.display)
 
 
 def _condition_tier(fact: Condition) -> int | None:
