@@ -92,6 +92,7 @@ class Settings:
     fhir_fetch_budget_s: float = 3.0
     fhir_max_pages: int = 10
     fhir_open_servers: tuple[str, ...] = ()  # FHIR base URLs we may query without an access token
+    fhir_allow_http: bool = False  # plain-http FHIR servers beyond loopback (never in production)
     # Extra keys the settings file carries for later components (kept, not interpreted here)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

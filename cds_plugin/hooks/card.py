@@ -51,6 +51,8 @@ class Action(WireModel):
     def _resource_for_type(self) -> Action:
         if self.type in ("create", "update") and not self.resource:
             raise ValueError(f"a {self.type} action needs a resource")
+        if self.resource is not None and not isinstance(self.resource.get("resourceType"), str):
+            raise ValueError("an action's resource must be a FHIR resource (with a resourceType)")
         if self.type == "delete" and (not self.resourceId or self.resource):
             raise ValueError("a delete action needs a resourceId and no resource (cds-resp-2)")
         return self

@@ -37,6 +37,23 @@ class FetchError(Exception):
     """One query failed; the message is safe to log (no token, no patient data)."""
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def secure_enough(url: str, allow_http: bool = False) -> bool:
+    """HTTPS, or plain HTTP only to loopback (tests, a local sandbox) or when explicitly allowed.
+
+    The spec requires TLS between service and FHIR server; the access token must not travel in clear.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    return allow_http or host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 def same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)

@@ -10,17 +10,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-#: Fields whose empty value carries meaning and must be sent.
+#: Top-level fields whose empty value carries meaning and must be sent (`{"cards": []}`: no guidance).
 KEEP_EMPTY = frozenset({"cards"})
 
 
-def prune_empty(value: Any, key: str | None = None) -> Any:
-    """Recursively remove None and empty containers/strings, except under KEEP_EMPTY keys."""
+def prune_empty(value: Any, keep: frozenset[str] = frozenset()) -> Any:
+    """Recursively remove None and empty containers/strings, except the top-level keys in `keep`."""
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            pruned = prune_empty(v, k)
-            if pruned is None or (pruned in ("", [], {}) and k not in KEEP_EMPTY):
+            pruned = prune_empty(v)
+            if pruned is None or (pruned in ("", [], {}) and k not in keep):
                 continue
             out[k] = pruned
         return out
@@ -37,4 +37,4 @@ class WireModel(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object to send: by alias, no nulls, no empties (but `cards: []`)."""
-        return prune_empty(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return prune_empty(self.model_dump(mode="json", by_alias=True, exclude_none=True), KEEP_EMPTY)

@@ -19,7 +19,7 @@ from cds_plugin.errors import (
     UnauthorizedError,
 )
 from cds_plugin.hooks.feedback import FeedbackRequest
-from cds_plugin.hooks.fhir_client import FhirFetcher
+from cds_plugin.hooks.fhir_client import FhirFetcher, secure_enough
 from cds_plugin.hooks.prefetch import resolve_prefetch
 from cds_plugin.hooks.registry import HookCall, Service
 from cds_plugin.hooks.request import CDSRequest
@@ -108,6 +108,11 @@ def _fetcher(call: CDSRequest) -> FhirFetcher | None:
     if not call.fhirServer:
         return None
     settings = _runtime().settings
+    if not secure_enough(call.fhirServer, settings.fhir_allow_http):
+        log.warning(
+            "not fetching from a FHIR server over plain http (set CDS_PLUGIN_FHIR_ALLOW_HTTP to allow)"
+        )
+        return None
     token = call.fhirAuthorization.access_token if call.fhirAuthorization else None
     if token is None:
         allowed = {s.rstrip("/") for s in settings.fhir_open_servers}
@@ -196,7 +201,9 @@ def feedback(service_id: str) -> Response:
             raise ServiceUnavailableError("feedback could not be stored; try again later") from exc
         fields.update(items=len(body.feedback), new=added)
         status = 200
-        return Response(status=200)
+        ack = Response(status=200)
+        del ack.headers["Content-Type"]  # an empty acknowledgement, not an HTML page
+        return ack
     except CdsPluginError as exc:
         status = exc.status
         if isinstance(exc, UnauthorizedError):

@@ -105,3 +105,22 @@ def test_unreachable_server():
 def test_token_not_in_repr():
     f = FhirFetcher("http://127.0.0.1:9/fhir", "secret-token-value", budget_s=1.0)
     assert "secret-token-value" not in repr(f)
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "expected"),
+    [
+        ("https://ehr.example/fhir", False, True),
+        ("http://127.0.0.1:8090/fhir", False, True),
+        ("http://localhost/fhir", False, True),
+        ("http://ehr.example/fhir", False, False),
+        ("http://ehr.example/fhir", True, True),
+        ("ftp://ehr.example/fhir", True, False),
+        ("file:///etc/passwd", True, False),
+    ],
+)
+def test_only_https_or_loopback_servers_get_the_token(url, allow_http, expected):
+    """Req 2, 168: the access token never travels in clear to a remote server."""
+    from cds_plugin.hooks.fhir_client import secure_enough
+
+    assert secure_enough(url, allow_http) is expected

@@ -131,3 +131,15 @@ def test_urls_must_be_absolute(url):
         Source(label="x", icon=url)
     with pytest.raises(ValidationError, match="absolute"):
         Link(label="x", url=url, type="absolute")
+
+
+def test_action_resource_must_be_a_fhir_resource():
+    """Req 130."""
+    with pytest.raises(ValidationError, match="resourceType"):
+        Action(type="create", description="d", resource={"foo": 1})
+
+
+def test_only_top_level_cards_kept_when_empty():
+    from cds_plugin.hooks.wire import KEEP_EMPTY, prune_empty
+
+    assert prune_empty({"cards": [], "x": {"cards": []}}, KEEP_EMPTY) == {"cards": []}

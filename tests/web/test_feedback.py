@@ -37,6 +37,7 @@ def test_feedback_joins_the_issued_card(app, client):
         json={"feedback": [item(card=card["uuid"], acceptedSuggestions=[{"id": suggestion}])]},
     )
     assert resp.status_code == 200
+    assert resp.get_data() == b"" and "Content-Type" not in resp.headers
     stored = rows(app)
     assert len(stored) == 1
     assert stored[0]["card_uuid"] == card["uuid"] and stored[0]["accepted_suggestions"] == [suggestion]

@@ -117,3 +117,10 @@ def test_missing_resource_is_no_data_not_an_error(tmp_path, fhir):
     body["context"]["patientId"] = "nobody"
     assert client.post("/cds-services/p", json=body).status_code == 200
     assert seen == {"patient": None}
+
+
+def test_plain_http_remote_server_is_not_queried(client):
+    """Req 2, 168: no fetch (and no token sent) to a non-loopback http server: 412 instead."""
+    body = pv_request(fhirServer="http://ehr.example.invalid/fhir", fhirAuthorization=AUTH, prefetch={})
+    resp = client.post("/cds-services/echo-patient", json=body)
+    assert resp.status_code == 412
