@@ -1,4 +1,4 @@
-"""Command line: `cds-plugin serve | sandbox ...`; train, evaluate, assess and explain come with the model."""
+"""Command line: `cds-plugin serve | train | evaluate | assess | sandbox ...`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cds_plugin import __version__
 from cds_plugin.settings import Settings, SettingsError
@@ -39,6 +40,84 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from cds_plugin.model.training import TrainConfig, train
+
+    _configure_logging("INFO")
+    _torch_threads(args.threads)
+    config = TrainConfig.tiny() if args.tiny else TrainConfig()
+    for name in ("seed", "limit_patients", "finetune_epochs", "pretrain_epochs", "max_length", "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    meta = train(args.data, args.out, config, base=args.base, progress=not args.quiet)
+    summary = {k: meta[k] for k in ("model_version", "patients", "examples", "temperature", "timings")}
+    summary["labels"] = json.loads((Path(args.out) / "labels.json").read_text())["labels"].__len__()
+    summary["best_val_macro_auprc"] = meta["finetune"]["best_val_macro_auprc"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from cds_plugin.model.evaluation import evaluate_model, render_table
+
+    _configure_logging("WARNING")
+    _torch_threads(args.threads)
+    report = evaluate_model(args.model, args.data, split=args.split, progress=not args.quiet)
+    print(render_table(report))
+    print(json.dumps(report["meta"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _as_of(value: str | None):  # type: ignore[no-untyped-def]
+    if value is None:
+        return None
+    from datetime import date, datetime
+
+    try:
+        return datetime.fromisoformat(value) if "T" in value else date.fromisoformat(value)
+    except ValueError as exc:
+        raise SystemExit(f"cds-plugin: --as-of: not an ISO date or date-time: {value!r}") from exc
+
+
+def cmd_assess(args: argparse.Namespace) -> int:
+    import json
+
+    from cds_plugin.errors import CdsPluginError
+    from cds_plugin.model.engine import Engine
+
+    _configure_logging("WARNING")
+    engine = Engine.load(args.model)
+    try:
+        assessment = engine.assess(args.bundle, as_of=_as_of(args.as_of))
+    except CdsPluginError as exc:
+        print(f"cds-plugin: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(assessment.to_json(), indent=2))
+        return 0
+    print(f"model {assessment.model_version}, as of {assessment.reference_time:%Y-%m-%d}")
+    for title, items in (("Diagnoses", assessment.diagnoses), ("Treatments", assessment.treatments)):
+        print(f"\n{title} (top {args.top}; * = above threshold, d = already documented)")
+        for c in items[: args.top]:
+            flag = ("*" if c.above_threshold else " ") + ("d" if c.documented else " ")
+            print(f"  {flag} {c.probability:6.3f}  (thr {c.threshold:.2f})  {c.display}  [{c.code}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-plugin", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cds-plugin {__version__}")
@@ -50,6 +129,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="gunicorn workers (default from CDS_PLUGIN_WORKERS)")
     serve.add_argument("--config", help="TOML settings file (default from CDS_PLUGIN_CONFIG)")
     serve.set_defaults(func=cmd_serve)
+
+    train = sub.add_parser("train", help="train a model on a folder of per-patient FHIR bundles")
+    train.add_argument(
+        "--data", required=True, help="folder of FHIR bundles (.json, .json.gz), one per patient"
+    )
+    train.add_argument("--out", required=True, help="folder to write the model to")
+    train.add_argument("--base", help="a Hugging Face encoder checkpoint on disk to fine-tune instead")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--limit-patients", type=int, dest="limit_patients")
+    train.add_argument("--finetune-epochs", type=int, dest="finetune_epochs")
+    train.add_argument("--pretrain-epochs", type=int, dest="pretrain_epochs", help="0 skips pretraining")
+    train.add_argument("--max-length", type=int, dest="max_length")
+    train.add_argument("--batch-size", type=int, dest="batch_size")
+    train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
+    train.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a model beside prevalence and logistic regression")
+    evaluate.add_argument("--model", required=True, help="model folder")
+    evaluate.add_argument("--data", required=True, help="folder of FHIR bundles")
+    evaluate.add_argument("--split", choices=("validation", "all"), default="validation")
+    evaluate.add_argument("--json", help="write the full report here")
+    evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    assess = sub.add_parser("assess", help="rate every diagnosis and treatment of the model for one patient")
+    assess.add_argument("bundle", help="a FHIR bundle, resource, prefetch object or NDJSON file")
+    assess.add_argument("--as-of", dest="as_of", help="reference date (ISO), facts after it are ignored")
+    assess.add_argument("--model", help="model folder (default: the model shipped in the package)")
+    assess.add_argument("--top", type=int, default=10)
+    assess.add_argument("--json", action="store_true")
+    assess.set_defaults(func=cmd_assess)
 
     sandbox = sub.add_parser("sandbox", help="tools for testing CDS services")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)

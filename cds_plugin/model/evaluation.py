@@ -1,0 +1,334 @@
+"""Evaluation against baselines, by question, label group and patient subgroup.
+
+Questions: (a) "undocumented" (masked concepts active at T vs concepts absent through T + 1 year) and
+(b) "new" (concepts first occurring within the year after T vs absent ones). Groups: diagnoses and
+treatments. Figures: per-label and macro AUROC and AUPRC (macro over labels with at least one
+positive and one negative example), recall@5 and expected calibration error. Baselines, computed in the
+same run on the same examples: label prevalence, and logistic regression on bag-of-codes, last lab values
+and age/sex at T. Subgroups: sex, and age bands 0-17, 18-44, 45-64, 65+.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, diagnosis_key, treatment_key
+from cds_plugin.model.dataset import IGNORE, NEG, POS_NEW, POS_UNDOC, LabelSpace
+from cds_plugin.model.task import Example
+
+log = logging.getLogger(__name__)
+
+QUESTIONS = {"undocumented": POS_UNDOC, "new": POS_NEW}
+GROUPS = (DIAGNOSIS, TREATMENT)
+AGE_BANDS = ((0, 18, "0-17"), (18, 45, "18-44"), (45, 65, "45-64"), (65, 200, "65+"))
+
+
+def question_targets(targets: np.ndarray, question: str) -> np.ndarray:
+    """1 for positives of the question, 0 for negatives, -1 for everything else."""
+    positive = QUESTIONS[question]
+    y = np.full(targets.shape, -1, dtype=np.int8)
+    y[targets == NEG] = 0
+    y[targets == positive] = 1
+    return y
+
+
+def per_label(scores: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
+    out = []
+    for j in range(scores.shape[1]):
+        keep = y[:, j] >= 0
+        yj, sj = y[keep, j], scores[keep, j]
+        n_pos, n_neg = int(yj.sum()), int((yj == 0).sum())
+        row: dict[str, Any] = {"n_pos": n_pos, "n_neg": n_neg}
+        if n_pos and n_neg:
+            row["auroc"] = float(roc_auc_score(yj, sj))
+            row["auprc"] = float(average_precision_score(yj, sj))
+        out.append(row)
+    return out
+
+
+def recall_at_k(scores: np.ndarray, y: np.ndarray, k: int = 5) -> float | None:
+    """Share of an example's positives ranked in its top k among its questions, averaged over examples."""
+    recalls = []
+    for i in range(scores.shape[0]):
+        keep = np.flatnonzero(y[i] >= 0)
+        positives = keep[y[i, keep] == 1]
+        if not len(positives):
+            continue
+        top = keep[np.argsort(-scores[i, keep], kind="stable")[:k]]
+        recalls.append(len(np.intersect1d(top, positives)) / len(positives))
+    return float(np.mean(recalls)) if recalls else None
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float | None:
+    keep = y >= 0
+    p, t = probs[keep], y[keep]
+    if not len(p):
+        return None
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in pairwise(edges):
+        in_bin = (p >= lo) & ((p < hi) | (hi == 1.0))
+        if in_bin.any():
+            ece += in_bin.mean() * abs(p[in_bin].mean() - t[in_bin].mean())
+    return float(ece)
+
+
+def summarize(scores: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> dict[str, Any]:
+    """Macro figures for each question x group, plus per-label rows."""
+    result: dict[str, Any] = {}
+    for question in QUESTIONS:
+        y = question_targets(targets, question)
+        rows = per_label(scores, y)
+        for group in GROUPS:
+            idx = labels.kind_indices(group)
+            rated = [rows[j] for j in idx if "auprc" in rows[j]]
+            result[f"{question}/{group}"] = {
+                "macro_auroc": float(np.mean([r["auroc"] for r in rated])) if rated else None,
+                "macro_auprc": float(np.mean([r["auprc"] for r in rated])) if rated else None,
+                "labels_rated": len(rated),
+                "positives": int(sum(rows[j]["n_pos"] for j in idx)),
+                "recall_at_5": recall_at_k(scores[:, idx], y[:, idx]) if idx else None,
+                "ece": expected_calibration_error(scores[:, idx], y[:, idx]) if idx else None,
+            }
+        result[f"{question}/per_label"] = {
+            labels.labels[j].id: rows[j] for j in range(len(labels)) if rows[j]["n_pos"]
+        }
+    return result
+
+
+def macro_auprc_of_logits(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Model selection score: mean over questions and groups of macro AUPRC (ranking only)."""
+    values = []
+    for question in QUESTIONS:
+        rows = per_label(logits, question_targets(targets, question))
+        values.extend(r["auprc"] for r in rows if "auprc" in r)
+    return float(np.mean(values)) if values else 0.0
+
+
+def subgroups(examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    """Boolean masks over examples: sex and age bands at T."""
+    groups: dict[str, np.ndarray] = {}
+    sex = np.array([e.sex or "unknown" for e in examples])
+    for value in ("female", "male"):
+        groups[f"sex={value}"] = sex == value
+    ages = np.array([e.age if e.age is not None else -1 for e in examples], dtype=float)
+    for lo, hi, name in AGE_BANDS:
+        groups[f"age={name}"] = (ages >= lo) & (ages < hi)
+    return groups
+
+
+# --- baselines ---------------------------------------------------------------------------------------
+
+
+def prevalence_scores(train_targets: np.ndarray, n_examples: int) -> np.ndarray:
+    """Each label's positive rate among its training questions, the same for every example."""
+    keep = train_targets != IGNORE
+    rate = ((train_targets > 0) & keep).sum(0) / np.maximum(keep.sum(0), 1)
+    return np.tile(rate.astype(np.float32), (n_examples, 1))
+
+
+def baseline_features(example: Example, lab_codes: set[str] | None = None) -> dict[str, float]:
+    """Bag of codes, last numeric value per lab code, age and sex at T (from the model's own input)."""
+    record = example.record
+    features: dict[str, float] = {}
+    for c in record.conditions:
+        key = diagnosis_key(c)
+        if key is not None:
+            features[f"dx:{key.code}"] = 1.0
+    for m in record.medication_requests:
+        key = treatment_key(m)
+        if key is not None:
+            features[f"rx:{key.code}"] = 1.0
+    for group, facts in (("px", record.procedures), ("im", record.immunizations), ("al", record.allergies)):
+        for f in facts:
+            if f.code is not None and f.code.primary is not None:
+                features[f"{group}:{f.code.primary.code}"] = 1.0
+    last: dict[str, tuple[Any, float]] = {}
+    for o in record.observations:
+        if o.value is None or o.code is None or o.code.primary is None:
+            continue
+        code = o.code.primary.code
+        if lab_codes is not None and code not in lab_codes:
+            continue
+        when = o.date
+        if code not in last or (when is not None and (last[code][0] is None or when >= last[code][0])):
+            last[code] = (when, float(o.value))
+    for code, (_, value) in last.items():
+        features[f"lab:{code}"] = value
+        features[f"has_lab:{code}"] = 1.0
+    if example.age is not None:
+        features["age"] = example.age / 100.0
+    if example.sex:
+        features[f"sex:{example.sex}"] = 1.0
+    return features
+
+
+@dataclass
+class LogisticBaseline:
+    """One logistic regression per label, each fitted on the examples where that label is a question."""
+
+    vectorizer: DictVectorizer
+    models: list[Any]
+    lab_codes: set[str]
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, examples: Sequence[Example], targets: np.ndarray, top_labs: int = 60) -> LogisticBaseline:
+        lab_counts: Counter[str] = Counter()
+        for e in examples:
+            lab_counts.update(
+                {
+                    o.code.primary.code
+                    for o in e.record.observations
+                    if o.value is not None and o.code is not None and o.code.primary is not None
+                }
+            )
+        lab_codes = {c for c, _ in lab_counts.most_common(top_labs)}
+        vectorizer = DictVectorizer(sparse=True)
+        x = vectorizer.fit_transform([baseline_features(e, lab_codes) for e in examples])
+        scale = np.asarray(np.abs(x).max(axis=0).todense()).ravel()
+        scale[scale == 0] = 1.0
+        x = x.multiply(1.0 / scale).tocsr()
+        models: list[Any] = []
+        for j in range(targets.shape[1]):
+            keep = targets[:, j] != IGNORE
+            y = (targets[keep, j] > 0).astype(int)
+            if y.min(initial=1) == y.max(initial=0):
+                models.append(float(y.mean()) if len(y) else 0.0)
+                continue
+            model = LogisticRegression(C=1.0, max_iter=500, solver="liblinear")
+            model.fit(x[keep], y)
+            models.append(model)
+        return cls(vectorizer=vectorizer, models=models, lab_codes=lab_codes, scale=scale)
+
+    def predict(self, examples: Sequence[Example]) -> np.ndarray:
+        x = self.vectorizer.transform([baseline_features(e, self.lab_codes) for e in examples])
+        x = x.multiply(1.0 / self.scale).tocsr()
+        out = np.zeros((len(examples), len(self.models)), dtype=np.float32)
+        for j, model in enumerate(self.models):
+            out[:, j] = model if isinstance(model, float) else model.predict_proba(x)[:, 1]
+        return out
+
+
+def compare(
+    scores: dict[str, np.ndarray],
+    targets: np.ndarray,
+    examples: Sequence[Example],
+    labels: LabelSpace,
+) -> dict[str, Any]:
+    """Every scorer on the same examples, overall and by subgroup."""
+    report: dict[str, Any] = {"overall": {}, "subgroups": {}}
+    for name, s in scores.items():
+        report["overall"][name] = summarize(s, targets, labels)
+    for group, mask in subgroups(examples).items():
+        if mask.sum() == 0:
+            continue
+        report["subgroups"][group] = {"examples": int(mask.sum())}
+        for name, s in scores.items():
+            full = summarize(s[mask], targets[mask], labels)
+            report["subgroups"][group][name] = {k: v for k, v in full.items() if not k.endswith("per_label")}
+    return report
+
+
+# --- the evaluate command ----------------------------------------------------------------------------
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "validation",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a trained model beside the two baselines on the same examples.
+
+    `split="validation"`: the model's validation patients found under `data_dir` (the baselines learn
+    from the other patients there). `split="all"`: every patient under `data_dir` is evaluated (a
+    held-out set) and the baselines learn from the model's training patients, which must then also be
+    under `data_dir`'s sibling `train` folder or given as `data_dir` itself.
+    """
+    from cds_plugin.model.dataset import build_examples, encode_examples, load_corpus
+    from cds_plugin.model.engine import Engine
+    from cds_plugin.model.training import TrainConfig, predict_logits, targets_matrix
+
+    engine = Engine.load(model_dir)
+    meta = json.loads((Path(model_dir) / "training.json").read_text())
+    config = meta.get("config", {})
+    defaults = TrainConfig()
+    per_patient = config.get("per_patient", defaults.per_patient)
+    mask_rate = config.get("mask_rate", defaults.mask_rate)
+    seed = config.get("seed", defaults.seed)
+    records = load_corpus(data_dir, progress=progress)
+    validation = set(meta.get("validation_patients") or [])
+    if split == "validation":
+        eval_records = [r for r in records if r.reference in validation]
+        base_records = [r for r in records if r.reference not in validation]
+        if not eval_records:
+            raise ValueError(f"none of the model's validation patients is under {data_dir}; use split='all'")
+    else:
+        eval_records = records
+        base_records = []
+    eval_examples = build_examples(eval_records, per_patient, mask_rate, seed + 100)
+    data = encode_examples(eval_examples, engine.labels, engine.tokenizer, engine.model.max_length)
+    targets = targets_matrix(data)
+    started = time.perf_counter()
+    probs = engine.probabilities(predict_logits(engine.network, data, engine.tokenizer))
+    model_seconds = time.perf_counter() - started
+    scores = {"model": probs}
+    notes = []
+    if base_records:
+        base_examples = build_examples(base_records, per_patient, mask_rate, seed)
+        base_data = encode_examples(base_examples, engine.labels, engine.tokenizer, engine.model.max_length)
+        base_targets = targets_matrix(base_data)
+        scores["prevalence"] = prevalence_scores(base_targets, len(eval_examples))
+        scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets).predict(
+            eval_examples
+        )
+    else:
+        notes.append("baselines skipped: no training patients under the data folder")
+    report = compare(scores, targets, eval_examples, engine.labels)
+    report["meta"] = {
+        "model_version": engine.version,
+        "split": split,
+        "patients": len(eval_records),
+        "examples": len(eval_examples),
+        "baseline_training_patients": len(base_records),
+        "labels": len(engine.labels),
+        "model_inference_s": round(model_seconds, 3),
+        "notes": notes,
+    }
+    return report
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The headline figures as a plain-text table (also used by the CLI through rich)."""
+    lines = []
+    header = (
+        f"{'question/group':<24}{'scorer':<22}{'macroAUROC':>11}{'macroAUPRC':>11}{'recall@5':>10}{'ECE':>8}"
+    )
+    lines.append(header)
+    lines.append("-" * len(header))
+    for key in (f"{q}/{g}" for q in QUESTIONS for g in GROUPS):
+        for name, summary in report["overall"].items():
+            row = summary[key]
+
+            def fmt(v: float | None) -> str:
+                return "-" if v is None else f"{v:.3f}"
+
+            lines.append(
+                f"{key:<24}{name:<22}{fmt(row['macro_auroc']):>11}{fmt(row['macro_auprc']):>11}"
+                f"{fmt(row['recall_at_5']):>10}{fmt(row['ece']):>8}"
+            )
+    return "\n".join(lines)
