@@ -94,6 +94,13 @@ def obj(value: Any, path: str, kind: str = "an object") -> dict | None:
     return value
 
 
+def item(value: Any, path: str, kind: str = "an object") -> dict:
+    """An array element that must be an object (FHIR JSON allows no null there)."""
+    if type(value) is not dict:
+        raise ElementError(path, f"not {kind}")
+    return value
+
+
 def array(value: Any, path: str) -> list:
     if value is None:
         return []

@@ -173,7 +173,7 @@ _VALUE_NAMES = frozenset("value" + t for t in _VALUE_TYPES)
 
 def _observation_value(item: dict, prefix: str) -> dict[str, Any]:
     """value[x] of an Observation or component -> Observation fields (plus `_element`)."""
-    names = [k for k in item if k.startswith("value")]
+    names = [k for k, v in item.items() if v is not None and k.startswith("value")]
     if not names:
         absent = el.concept(item.get("dataAbsentReason"), prefix + "dataAbsentReason")
         if absent is not None:
@@ -238,7 +238,7 @@ def _reference_range(item: dict, prefix: str) -> tuple[float | None, float | Non
     chosen: tuple[float | None, float | None] = (None, None)
     for i, rng in enumerate(ranges):
         path = f"{prefix}referenceRange[{i}]"
-        found = el.obj(rng, path, "a referenceRange")
+        found = el.item(rng, path, "a referenceRange")
         low = el.quantity(found.get("low"), path + ".low")[0]
         high = el.quantity(found.get("high"), path + ".high")[0]
         if (low is not None or high is not None) and chosen == (None, None):
@@ -278,7 +278,7 @@ def read_observation(resource: dict, ref: str, ctx: Context) -> list[Fact]:
         )
     for i, comp in enumerate(components):
         prefix = f"component[{i}]."
-        item = el.obj(comp, f"component[{i}]", "a component")
+        item = el.item(comp, f"component[{i}]", "a component")
         cvalue = _observation_value(item, prefix)
         cvalue.pop("_element")
         low, high = _reference_range(item, prefix)
@@ -341,7 +341,7 @@ def _dosage_end(resource: dict) -> datetime | None:
     ends = []
     for i, dosage in enumerate(el.array(resource.get("dosageInstruction"), "dosageInstruction")):
         path = f"dosageInstruction[{i}]"
-        timing = el.obj(el.obj(dosage, path, "a Dosage").get("timing"), path + ".timing", "a Timing")
+        timing = el.obj(el.item(dosage, path, "a Dosage").get("timing"), path + ".timing", "a Timing")
         if timing is None:
             continue
         repeat = el.obj(timing.get("repeat"), path + ".timing.repeat", "a Timing.repeat")
@@ -387,7 +387,7 @@ def read_allergy(resource: dict, ref: str, ctx: Context) -> list[Fact]:
     categories = el.array(get("category"), "category")
     reactions = []
     for i, reaction in enumerate(el.array(get("reaction"), "reaction")):
-        found = el.obj(reaction, f"reaction[{i}]", "a reaction")
+        found = el.item(reaction, f"reaction[{i}]", "a reaction")
         reactions.extend(el.concepts(found.get("manifestation"), f"reaction[{i}].manifestation"))
     return [
         Allergy(
@@ -470,7 +470,7 @@ def read_care_plan(resource: dict, ref: str, ctx: Context) -> list[Fact]:
     created = el.date_time(get("created"), "created")
     activities = []
     for i, activity in enumerate(el.array(get("activity"), "activity")):
-        found = el.obj(activity, f"activity[{i}]", "an activity")
+        found = el.item(activity, f"activity[{i}]", "an activity")
         detail = el.obj(found.get("detail"), f"activity[{i}].detail", "an activity detail")
         if detail is not None:
             concept = el.concept(detail.get("code"), f"activity[{i}].detail.code")

@@ -62,7 +62,8 @@ def walk_resources(data: Any) -> Iterator[tuple[dict, str | None]]:
 
 
 def input_names(data: Any) -> set[str]:
-    """`Type/id` of every resource with an id, and every fullUrl: what a provenance reference may be."""
+    """What a provenance reference may be: `Type/id` of every resource with an id, every fullUrl, and the
+    `Type/id` an absolute fullUrl (`http://server/fhir/Type/id`) names."""
     names: set[str] = set()
     for resource, full_url in walk_resources(data):
         rid, rtype = resource.get("id"), resource.get("resourceType")
@@ -70,6 +71,9 @@ def input_names(data: Any) -> set[str]:
             names.add(f"{rtype}/{rid}")
         if full_url:
             names.add(full_url)
+            parts = full_url.split("/")
+            if "://" in full_url and len(parts) >= 2 and parts[-2] == rtype:
+                names.add(f"{rtype}/{parts[-1]}")
     return names
 
 
