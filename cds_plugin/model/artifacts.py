@@ -52,6 +52,7 @@ def save_model(
     thresholds: list[float],
     max_length: int,
     metadata: dict[str, Any],
+    fact_style: str = "codes",
     name: str = "cds-plugin",
 ) -> str:
     """Write every artifact; returns the model version."""
@@ -68,6 +69,7 @@ def save_model(
             "encoder": network.encoder.config.to_dict(),
             "n_labels": len(labels),
             "max_length": max_length,
+            "fact_style": fact_style,
             "pooling": "mean",
         },
     )
@@ -91,6 +93,7 @@ class LoadedModel:
     temperature: float
     thresholds: list[float]
     max_length: int
+    fact_style: str
     version: str
     path: Path
 
@@ -130,6 +133,7 @@ def load_model(path: str | Path) -> LoadedModel:
         temperature=float(json.loads((folder / "calibration.json").read_text())["temperature"]),
         thresholds=[float(t) for t in thresholds],
         max_length=int(config["max_length"]),
+        fact_style=config.get("fact_style", "text"),
         version=version,
         path=folder,
     )

@@ -23,7 +23,7 @@ from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.artifacts import LoadedModel, ModelLoadError, load_model
 from cds_plugin.model.assessment import Assessment, Consideration
 from cds_plugin.model.concepts import DIAGNOSIS
-from cds_plugin.model.dataset import fact_texts
+from cds_plugin.model.dataset import encode_linearization
 from cds_plugin.model.task import documented_concepts
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
@@ -63,7 +63,7 @@ class Engine:
 
     def encode(self, record: PatientRecord):  # type: ignore[no-untyped-def]
         lin = linearize(record)
-        return self.tokenizer.encode_facts(fact_texts(lin), self.model.max_length), lin
+        return encode_linearization(lin, self.tokenizer, self.model.max_length, self.model.fact_style), lin
 
     # --- predictions --------------------------------------------------------------------------------
 

@@ -281,7 +281,10 @@ def evaluate_model(
         eval_records = records
         base_records = []
     eval_examples = build_examples(eval_records, per_patient, mask_rate, seed + 100)
-    data = encode_examples(eval_examples, engine.labels, engine.tokenizer, engine.model.max_length)
+    style = engine.model.fact_style
+    data = encode_examples(
+        eval_examples, engine.labels, engine.tokenizer, engine.model.max_length, style=style
+    )
     targets = targets_matrix(data)
     started = time.perf_counter()
     probs = engine.probabilities(predict_logits(engine.network, data, engine.tokenizer))
@@ -290,7 +293,9 @@ def evaluate_model(
     notes = []
     if base_records:
         base_examples = build_examples(base_records, per_patient, mask_rate, seed)
-        base_data = encode_examples(base_examples, engine.labels, engine.tokenizer, engine.model.max_length)
+        base_data = encode_examples(
+            base_examples, engine.labels, engine.tokenizer, engine.model.max_length, style=style
+        )
         base_targets = targets_matrix(base_data)
         scores["prevalence"] = prevalence_scores(base_targets, len(eval_examples))
         scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets).predict(

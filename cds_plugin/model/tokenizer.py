@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +61,11 @@ class FactTokenizer:
         The vocabulary is the special tokens, every character (alone and as a `##` continuation), then
         the corpus's most frequent words (ties broken alphabetically) up to `vocab_size`. The
         `tokenizers` trainers break ties through hash maps, so the same corpus gave different vocabularies
-        run to run; this keeps training reproducible. Digits are split one by one so numbers stay
-        comparable; a rare word falls back to known prefixes and characters.
+        run to run; this keeps training reproducible. Frequent numbers and code tokens are single tokens; a
+        rare word or number falls back to known prefixes and characters.
         """
         normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-        pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-        )
+        pre_tokenizer = pre_tokenizers.Whitespace()
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
@@ -95,23 +93,44 @@ class FactTokenizer:
     def load(cls, directory: str | Path) -> FactTokenizer:
         return cls(Tokenizer.from_file(str(Path(directory) / "tokenizer.json")))
 
-    def encode_facts(self, texts: Sequence[str], max_length: int) -> EncodedInput:
-        """Pack whole facts, in order, into at most `max_length` tokens including [CLS] and [SEP]."""
+    def encode_facts(
+        self,
+        texts: Sequence[str],
+        max_length: int,
+        kinds: Sequence[str] | None = None,
+        budgets: Mapping[str, int] | None = None,
+    ) -> EncodedInput:
+        """Pack whole facts into at most `max_length` tokens including [CLS] and [SEP].
+
+        With `kinds` (a resource type per fact) and `budgets` (tokens per type), a first pass keeps each
+        type within its budget, so a long history of one type cannot crowd out the others; a second pass
+        fills what is left with the facts skipped, in order. Kept facts stay in their original order.
+        """
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+        pieces = [enc.ids for enc in encodings]
+        capacity = max_length - 2
+        chosen: set[int] = set()
+        used = 0
+        if kinds is not None and budgets is not None:
+            spent: dict[str, int] = {}
+            for i, piece in enumerate(pieces):
+                kind = kinds[i]
+                limit = budgets.get(kind, capacity)
+                if piece and spent.get(kind, 0) + len(piece) <= limit and used + len(piece) <= capacity:
+                    chosen.add(i)
+                    spent[kind] = spent.get(kind, 0) + len(piece)
+                    used += len(piece)
+        for i, piece in enumerate(pieces):
+            if i not in chosen and piece and used + len(piece) <= capacity:
+                chosen.add(i)
+                used += len(piece)
         ids = [self.cls_id]
         spans: list[tuple[int, int, int]] = []
-        budget = max_length - 1
-        dropped = 0
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
-        for index, enc in enumerate(encodings):
-            piece = enc.ids
-            if not piece:
-                continue
-            if len(ids) + len(piece) > budget:
-                dropped += 1
-                continue
-            spans.append((len(ids), len(ids) + len(piece), index))
-            ids.extend(piece)
+        for i in sorted(chosen):
+            spans.append((len(ids), len(ids) + len(pieces[i]), i))
+            ids.extend(pieces[i])
         ids.append(self.sep_id)
+        dropped = sum(1 for i, piece in enumerate(pieces) if piece and i not in chosen)
         return EncodedInput(input_ids=ids, spans=spans, dropped_facts=dropped)
 
     def batch(self, encoded: Sequence[EncodedInput]) -> tuple[torch.Tensor, torch.Tensor]:

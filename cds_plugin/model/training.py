@@ -49,6 +49,7 @@ class TrainConfig:
     mask_rate: float = 0.5  # share of concepts active at T hidden from the input
     min_positive: int = 10  # positive training examples a concept needs to become a label
     max_length: int = 512
+    fact_style: str = "codes"  # how facts are shown to the model (see dataset.model_text)
     vocab_size: int = 6000
     network: NetworkConfig = field(default_factory=NetworkConfig)
     pretrain_epochs: int = 2
@@ -355,15 +356,22 @@ def train(
         len(labels),
     )
     train_lins = [linearize(ex.record) for ex in train_examples]
+    style = "text" if base is not None else config.fact_style
     if base is not None:
         tokenizer = FactTokenizer.from_pretrained(base)
     else:
-        texts = (t for lin in train_lins for t in fact_texts(lin))
+        texts = (t for lin in train_lins for t in fact_texts(lin, style))
         tokenizer = FactTokenizer.train(texts, vocab_size=config.vocab_size)
     train_data = encode_examples(
-        train_examples, labels, tokenizer, config.max_length, progress=progress, linearizations=train_lins
+        train_examples,
+        labels,
+        tokenizer,
+        config.max_length,
+        progress=progress,
+        linearizations=train_lins,
+        style=style,
     )
-    val_data = encode_examples(val_examples, labels, tokenizer, config.max_length)
+    val_data = encode_examples(val_examples, labels, tokenizer, config.max_length, style=style)
     timings = {"prepare_s": time.perf_counter() - started}
 
     if base is not None:
@@ -407,7 +415,7 @@ def train(
         "validation_patients": sorted(r.reference for r in val_records),
     }
     version = save_model(
-        out_dir, network, tokenizer, labels, temperature, thresholds, config.max_length, metadata
+        out_dir, network, tokenizer, labels, temperature, thresholds, config.max_length, metadata, style
     )
     metadata["model_version"] = version
     return metadata

@@ -48,10 +48,10 @@ def test_assess_many_matches_assess(engine, corpus):
     files = bundle_files(corpus)[:5]
     many = engine.assess_many(files, batch_size=2)
     for f, a in zip(files, many, strict=True):
-        single = engine.assess(f)
-        assert [round(c.probability, 5) for c in single.diagnoses] == [
-            round(c.probability, 5) for c in a.diagnoses
-        ]
+        single = {c.code: c.probability for c in engine.assess(f).considerations}
+        batched = {c.code: c.probability for c in a.considerations}
+        assert single.keys() == batched.keys()
+        assert all(abs(single[k] - batched[k]) < 1e-4 for k in single)  # padding changes float sums only
 
 
 def test_bad_input_is_the_projects_error(engine):
