@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     linearize(read_record(raw, validation=args.validation))
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"  peak Python allocation for that bundle: {traced_peak / 2**20:.1f} MiB")
+    print(f"  peak Python allocation for that bundle: {traced_peak / 2**20:.1f} MiB (input not counted)")
 
     chosen = rows[: args.limit] if args.limit else rows
     total_bytes = sum(r[1] for r in chosen)
