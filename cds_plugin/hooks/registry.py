@@ -95,16 +95,23 @@ class Service:
 
 
 class ServiceRegistry:
-    """An ordered set of services by id."""
+    """An ordered set of services by id and hook.
+
+    One id may be registered on several hooks (e.g. `order-review` on order-select and order-sign):
+    discovery then lists it once per hook, which is how CDS Hooks 2.0 lets a service update its
+    guidance as the workflow moves on (requirement 211); a call is routed by its `hook`.
+    """
 
     def __init__(self) -> None:
-        self._services: dict[str, Service] = {}
+        self._services: dict[tuple[str, str], Service] = {}
 
     def add(self, service: Service) -> Service:
         if not SERVICE_ID.match(service.id):
             raise ServiceConfigurationError(f"service id {service.id!r} is not URL-safe")
-        if service.id in self._services:
-            raise ServiceConfigurationError(f"service id {service.id!r} is registered twice")
+        if (service.id, service.hook) in self._services:
+            raise ServiceConfigurationError(
+                f"service id {service.id!r} is registered twice on {service.hook!r}"
+            )
         if not service.description:
             raise ServiceConfigurationError(f"service {service.id!r}: a description is required")
         unknown_optional = service.optional_prefetch - set(service.prefetch)
@@ -112,7 +119,7 @@ class ServiceRegistry:
             raise ServiceConfigurationError(
                 f"service {service.id!r}: optional_prefetch names unknown keys {sorted(unknown_optional)}"
             )
-        self._services[service.id] = service
+        self._services[(service.id, service.hook)] = service
         return service
 
     def service(
@@ -149,8 +156,14 @@ class ServiceRegistry:
 
         return register
 
-    def get(self, service_id: str) -> Service | None:
-        return self._services.get(service_id)
+    def get(self, service_id: str, hook: str | None = None) -> Service | None:
+        """The service registered as `service_id` on `hook` (or on its first hook when none is given)."""
+        if hook is not None:
+            return self._services.get((service_id, hook))
+        return next((s for (sid, _), s in self._services.items() if sid == service_id), None)
+
+    def hooks_of(self, service_id: str) -> list[str]:
+        return [hook for sid, hook in self._services if sid == service_id]
 
     def __iter__(self) -> Iterator[Service]:
         return iter(self._services.values())

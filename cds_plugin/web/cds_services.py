@@ -81,14 +81,17 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _parse_call(service: Service, body: dict[str, Any]) -> tuple[CDSRequest, Any]:
+def _parse_call(service_id: str, body: dict[str, Any]) -> tuple[Service, CDSRequest, Any]:
+    """Validate the request, pick the service registered for its hook, validate the hook's context."""
     try:
         call = CDSRequest.model_validate(body)
     except ValidationError as exc:
         raise from_validation_error(exc) from exc
-    if call.hook != service.hook:
+    service = _runtime().registry.get(service_id, call.hook)
+    if service is None:
+        hooks = " or ".join(repr(h) for h in _runtime().registry.hooks_of(service_id))
         raise RequestValidationError(
-            f"hook: service {service.id!r} answers {service.hook!r}, not {call.hook!r}", expression="hook"
+            f"hook: service {service_id!r} answers {hooks}, not {call.hook!r}", expression="hook"
         )
     try:
         context = service.context_type.model_validate(call.context)
@@ -100,7 +103,7 @@ def _parse_call(service: Service, body: dict[str, Any]) -> tuple[CDSRequest, Any
                 raise RequestValidationError(
                     f"prefetch.{key}: must be a FHIR resource or null", expression=f"prefetch.{key}"
                 )
-    return call, context
+    return service, call, context
 
 
 def _fetcher(call: CDSRequest) -> FhirFetcher | None:
@@ -134,11 +137,10 @@ def call_service(service_id: str) -> Response:
     fields: dict[str, Any] = {"event": "hook_call", "service": service_id}
     status = 500
     try:
-        service = _service(service_id)
-        fields["hook"] = service.hook
+        _service(service_id)
         _authenticate()
-        call, context = _parse_call(service, _body())
-        fields["hookInstance"] = call.hookInstance
+        service, call, context = _parse_call(service_id, _body())
+        fields.update(hook=service.hook, hookInstance=call.hookInstance)
         resolved = resolve_prefetch(
             service.prefetch, service.required_prefetch, call.prefetch, call.context, _fetcher(call)
         )

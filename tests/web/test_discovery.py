@@ -61,7 +61,7 @@ def test_duplicate_and_unsafe_ids_are_refused():
     registry = ServiceRegistry()
     registry.service("a", hook="patient-view", description="d")(lambda call: None)
     with pytest.raises(ServiceConfigurationError, match="twice"):
-        registry.service("a", hook="order-sign", description="d")(lambda call: None)
+        registry.service("a", hook="patient-view", description="d")(lambda call: None)
     with pytest.raises(ServiceConfigurationError, match="URL-safe"):
         registry.service("a/b", hook="order-sign", description="d")(lambda call: None)
 
@@ -69,3 +69,35 @@ def test_duplicate_and_unsafe_ids_are_refused():
 def test_discovery_wrong_method_is_405(client):
     resp = client.post("/cds-services")
     assert resp.status_code == 405 and resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_one_id_on_several_hooks_is_routed_by_hook(settings):
+    """Req 211: the same id listed once per hook; a call is answered by the registration for its hook."""
+    from cds_plugin.hooks.card import Card, Source
+    from cds_plugin.hooks.response import CDSResponse
+
+    registry = ServiceRegistry()
+    for hook in ("order-select", "order-sign"):
+        registry.service("review", hook=hook, description="d")(
+            lambda call, hook=hook: CDSResponse(
+                cards=[Card(summary=hook, indicator="info", source=Source(label="x"))]
+            )
+        )
+    with pytest.raises(ServiceConfigurationError, match="twice"):
+        registry.service("review", hook="order-sign", description="d")(lambda call: None)
+    client = create_app(settings, registry).test_client()
+    listed = client.get("/cds-services").get_json()["services"]
+    assert [(s["id"], s["hook"]) for s in listed] == [("review", "order-select"), ("review", "order-sign")]
+    draft = {"resourceType": "Bundle", "type": "collection", "entry": []}
+    body = {
+        "hook": "order-sign",
+        "hookInstance": "h",
+        "context": {"userId": "Practitioner/x", "patientId": "p", "draftOrders": draft},
+    }
+    assert client.post("/cds-services/review", json=body).get_json()["cards"][0]["summary"] == "order-sign"
+    body["hook"] = "patient-view"
+    resp = client.post("/cds-services/review", json=body)
+    assert (
+        resp.status_code == 400
+        and "'order-select' or 'order-sign'" in resp.get_json()["issue"][0]["diagnostics"]
+    )
