@@ -48,7 +48,7 @@ def read_ndjson(
     )
     if isinstance(paths, str | Path):
         root = Path(paths)
-        files = sorted(p for p in root.rglob("*.ndjson*") if p.is_file()) if root.is_dir() else [root]
+        files = list_files(root, "*.ndjson*") if is_dir(root) else [root]
     else:
         files = [Path(p) for p in paths]
     yield from read_ndjson_files(files, options)
@@ -108,6 +108,31 @@ def read_ndjson_files(files: list[Path], options: Options) -> Iterator[PatientRe
         counter = EntryCounter(limits)
         counter.add(len(entries), key)
         yield from read_entries(Collected(entries, list(notes)), options, shared=medications)
+
+
+def is_dir(path: Path) -> bool:
+    """Path.is_dir that answers False instead of raising (name too long, bad characters)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def list_files(folder: Path, pattern: str) -> list[Path]:
+    """Files under `folder` matching `pattern`, recursively, in name order."""
+    try:
+        return sorted(p for p in folder.rglob(pattern) if p.is_file())
+    except OSError as exc:
+        raise FhirInputError(
+            f"{folder.name}: cannot be listed ({exc.strerror or type(exc).__name__})", expression=folder.name
+        ) from None
 
 
 def _subject_key(resource: dict, rtype: str) -> str | None:

@@ -25,7 +25,7 @@ from cds_plugin.fhir.limits import (
     gunzip,
     loads,
 )
-from cds_plugin.fhir.ndjson import read_ndjson_files
+from cds_plugin.fhir.ndjson import is_dir, is_file, list_files, read_ndjson_files
 from cds_plugin.fhir.prefetch import iter_prefetch
 from cds_plugin.fhir.record import PatientRecord
 
@@ -62,7 +62,7 @@ def read_record(
         max_depth=max_depth,
     )
     path = _as_path(source)
-    if path is not None and (path.is_dir() or path.name.endswith(_NDJSON_SUFFIXES)):
+    if path is not None and (is_dir(path) or path.name.endswith(_NDJSON_SUFFIXES)):
         records = list(_read_path_records(path, options))
         return pick_record(records, patient_id)
     records = read_entries(_source_entries(source, options), options)
@@ -90,7 +90,7 @@ def read_records(
         max_depth=max_depth,
     )
     path = _as_path(source)
-    if path is not None and (path.is_dir() or path.name.endswith(_NDJSON_SUFFIXES)):
+    if path is not None and (is_dir(path) or path.name.endswith(_NDJSON_SUFFIXES)):
         yield from _read_path_records(path, options)
         return
     yield from read_entries(_source_entries(source, options), options)
@@ -107,8 +107,9 @@ def _source_entries(source: Source, options: Options, where: str | None = None) 
 
 
 def _walk(
-    source: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None
+    source: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None, depth: int = 0
 ) -> Iterator[Entry]:
+    _check_list_depth(depth, options, where)
     if isinstance(source, Mapping):
         data = source if type(source) is dict else dict(source)
         yield from _walk_json(data, options, counter, notes, where)
@@ -125,18 +126,19 @@ def _walk(
         return
     if isinstance(source, list | tuple):
         for i, item in enumerate(source):
-            yield from _walk(item, options, counter, notes, f"{where or 'input'}[{i}]")
+            yield from _walk(item, options, counter, notes, f"{where or 'input'}[{i}]", depth + 1)
         return
     raise FhirInputError("input: not FHIR JSON, a file or a folder", expression=where or "$")
 
 
 def _walk_json(
-    data: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None
+    data: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None, depth: int = 0
 ) -> Iterator[Entry]:
     limits, strict = options.limits, options.strict
     if type(data) is list:
+        _check_list_depth(depth + 1, options, where)
         for i, item in enumerate(data):
-            yield from _walk_json(item, options, counter, notes, f"{where or 'input'}[{i}]")
+            yield from _walk_json(item, options, counter, notes, f"{where or 'input'}[{i}]", depth + 1)
         return
     if type(data) is not dict:
         raise FhirInputError("input: not a FHIR resource, Bundle or prefetch object", expression=where or "$")
@@ -155,6 +157,13 @@ def _walk_json(
         return
     counter.add(1, where or rtype)
     yield Entry(data, None, where or rtype)
+
+
+def _check_list_depth(depth: int, options: Options, where: str | None) -> None:
+    if depth > options.limits.max_depth:
+        raise InputLimitError(
+            f"input: lists nested deeper than {options.limits.max_depth}", expression=where or "$"
+        )
 
 
 def _as_path(source: Any) -> Path | None:
@@ -183,8 +192,8 @@ def _load_file(path: Path, limits: Limits) -> Any:
 
 
 def _read_path_records(path: Path, options: Options) -> Iterator[PatientRecord]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+    if is_dir(path):
+        files = list_files(path, "*")
         bundles = [p for p in files if p.name.endswith(_BUNDLE_SUFFIXES)]
         ndjson = [p for p in files if p.name.endswith(_NDJSON_SUFFIXES)]
         if not bundles and not ndjson:
@@ -196,6 +205,6 @@ def _read_path_records(path: Path, options: Options) -> Iterator[PatientRecord]:
         if ndjson:
             yield from read_ndjson_files(ndjson, options)
         return
-    if not path.exists():
+    if not is_file(path):
         raise FhirInputError(f"{path.name}: no such file or folder", expression=path.name)
     yield from read_ndjson_files([path], options)

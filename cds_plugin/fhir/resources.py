@@ -173,7 +173,7 @@ _VALUE_NAMES = frozenset("value" + t for t in _VALUE_TYPES)
 
 def _observation_value(item: dict, prefix: str) -> dict[str, Any]:
     """value[x] of an Observation or component -> Observation fields (plus `_element`)."""
-    names = [k for k, v in item.items() if v is not None and k.startswith("value")]
+    names = [k for k, v in item.items() if v is not None and type(k) is str and k.startswith("value")]
     if not names:
         absent = el.concept(item.get("dataAbsentReason"), prefix + "dataAbsentReason")
         if absent is not None:

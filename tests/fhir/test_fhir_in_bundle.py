@@ -357,6 +357,13 @@ def test_limits() -> None:
         read_record(deep_patient, validation="full")
     with pytest.raises(InputLimitError):
         read_record(b"[" * 100_000 + b"]" * 100_000)
+    deep_list: list = [PATIENT]
+    for _ in range(5000):
+        deep_list = [deep_list]
+    with pytest.raises(InputLimitError, match="lists nested deeper than 32"):
+        read_record(deep_list)
+    with pytest.raises(InputLimitError, match="lists nested deeper than 32"):
+        read_record(("[" * 500 + json.dumps(PATIENT) + "]" * 500).encode())
 
 
 @pytest.mark.parametrize(
@@ -444,6 +451,8 @@ def test_error_messages_name_resource_and_element(
         None,
         "/definitely/not/here.json",
         Path("/definitely/not/here"),
+        "x" * 5000,
+        Path("y" * 5000 + ".ndjson"),
         {"resourceType": "Bundle", "entry": {}},
         {"resourceType": "Bundle", "type": 3},
     ],
