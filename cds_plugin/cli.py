@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         fhir_server.add_arguments(fs)
         fs.set_defaults(func=fhir_server.run)
+    from cds_plugin.sandbox import commands as sandbox_commands
+
+    call = sandbox_sub.add_parser("call", help="call a CDS service like an EHR and check its answer")
+    sandbox_commands.add_call_arguments(call)
+    call.set_defaults(func=sandbox_commands.run_call)
+    keys = sandbox_sub.add_parser("keys", help="make a client signing key and print its JWK Set")
+    sandbox_commands.add_keys_arguments(keys)
+    keys.set_defaults(func=sandbox_commands.run_keys)
     return parser
 
 
