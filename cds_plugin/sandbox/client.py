@@ -642,8 +642,12 @@ class SandboxClient:
         endpoint = service_url.endpoint(service["id"])
         notes: list[str] = []
         own = f"$.services[{next(i for i, s in enumerate(services) if s is service)}]"
-        findings = [
-            f for f in findings if not f.path.startswith("$.services[") or f.path.startswith((own + ".", own))
+        findings = [  # only what concerns the service called, and discovery as a whole
+            f
+            for f in findings
+            if not f.path.startswith("$.services[")
+            or f.path.startswith((f"{own}.", f"{own}["))
+            or f.path == own
         ]
         if not secure_enough(endpoint):
             findings.append(

@@ -121,7 +121,7 @@ def render_findings(findings: list[Finding], console: Console) -> None:
         return
     table = Table(title="Findings", title_justify="left", show_lines=False)
     table.add_column("severity")
-    table.add_column("where")
+    table.add_column("where", overflow="fold")
     table.add_column("rule")
     table.add_column("message", overflow="fold")
     for f in findings:

@@ -77,9 +77,14 @@ def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
 
-def _path_key(path: str) -> list[tuple[int, Any]]:
-    """Sort key that orders `[2]` before `[10]` and a parent before its children."""
-    return [(0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.findall(r"[^.\[\]]+", path)]
+def _path_key(path: str) -> tuple[bool, tuple[int, ...]]:
+    """Sort key: cards (or services) first, then by array indices, so `[2]` comes before `[10]` and each
+    card's findings stay together; a stable sort keeps the order the checks ran in within an element."""
+    first = re.match(r"\$\.([A-Za-z]+)", path)
+    return (
+        bool(first) and first.group(1) not in ("cards", "services"),
+        tuple(int(i) for i in re.findall(r"\[(\d+)\]", path)),
+    )
 
 
 class _Checker:
