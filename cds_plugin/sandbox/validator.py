@@ -152,7 +152,9 @@ class _Checker:
             self.error(path, "type", f"{what} must be a JSON object, not {_json_type(value)}")
         return None
 
-    def array(self, obj: dict[str, Any], key: str, path: str, *, required: bool = False, rule: str = "type"):
+    def array(
+        self, obj: dict[str, Any], key: str, path: str, *, required: bool = False, rule: str = "type"
+    ) -> list[Any]:
         """The array at `obj[key]` (its items may be anything), or [] when absent or of the wrong type."""
         value = obj.get(key)
         if key not in obj:
