@@ -70,7 +70,7 @@ def save_model(
             "n_labels": len(labels),
             "max_length": max_length,
             "fact_style": fact_style,
-            "pooling": "mean",
+            "pooling": network.pooling,
         },
     )
     tokenizer.save(out)
@@ -111,7 +111,9 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ModelLoadError(
             f"{folder}: labels.json has {len(labels)} labels, config says {config['n_labels']}"
         )
-    network = CdsNetwork.from_encoder_config(config["encoder"], config["n_labels"])
+    network = CdsNetwork.from_encoder_config(
+        config["encoder"], config["n_labels"], config.get("pooling", "mean")
+    )
     state = load_file(str(folder / "model.safetensors"))
     missing, unexpected = network.load_state_dict(state, strict=False)
     missing = [k for k in missing if ".pooler." not in k]  # a base's pooler is never used

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from cds_plugin.model.assessment import Assessment, Consideration
 from cds_plugin.model.concepts import DIAGNOSIS
 from cds_plugin.model.dataset import encode_linearization
 from cds_plugin.model.task import documented_concepts
+
+if TYPE_CHECKING:
+    from cds_plugin.explain.explanation import Explanation
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 
@@ -92,6 +95,22 @@ class Engine:
             for (encoded, lin), record, p in zip(chunk, records[k : k + batch_size], probs, strict=True):
                 out.append(self._assessment(record, lin, encoded, p))
         return out
+
+    def explain(
+        self,
+        source: Any,
+        target: Any,
+        method: str = "integrated_gradients",
+        as_of: datetime | date | None = None,
+        **settings: Any,
+    ) -> Explanation | list[Explanation]:
+        """Explain a Consideration or code (or a list: they share work) for `source`; see cds_plugin.explain.
+
+        Returns an Explanation, or a list of them (same order) when `target` is a list.
+        """
+        from cds_plugin.explain import explain
+
+        return explain(self, source, target, method=method, as_of=as_of, **settings)
 
     def _assessment(self, record: PatientRecord, lin, encoded, probs: np.ndarray) -> Assessment:  # type: ignore[no-untyped-def]
         documented = documented_concepts(record)

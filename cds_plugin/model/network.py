@@ -1,9 +1,14 @@
 """The network: a BERT-style encoder over the linearized record with a multi-label head.
 
 One logit per label (diagnoses and treatments together); probabilities are sigmoids of the logits
-divided by the calibration temperature, never a softmax across labels. Pooling is the mean of the
-content tokens' final states: with short training it is steadier than the [CLS] state, and it keeps
-every fact's path to the output short for attributions.
+divided by the calibration temperature, never a softmax across labels.
+
+Pooling is the element-wise max of the tokens' final states (padding excluded). Measured on the
+Synthea corpus (docs/model-card.md): with mean pooling, [CLS] or label-wise attention the small encoder
+trained from scratch stayed at the prevalence loss for several epochs (validation macro AUPRC 0.05 on
+the undocumented-diagnosis question after 4 epochs at 256 tokens), while max pooling learned from the
+first epoch (0.19): the task is mostly "is there evidence of X anywhere in the record", which a max
+over positions expresses directly.
 """
 
 from __future__ import annotations
@@ -34,38 +39,46 @@ class NetworkConfig:
         return BertConfig(**asdict(self), pad_token_id=0)
 
 
-class CdsNetwork(nn.Module):
-    """Encoder + dropout + linear head. `encoder` is any Hugging Face encoder (BERT-like)."""
+POOLINGS = ("max", "mean")
 
-    def __init__(self, encoder: nn.Module, n_labels: int, dropout: float = 0.1) -> None:
+
+class CdsNetwork(nn.Module):
+    """Encoder + pooling + dropout + linear head. `encoder` is any Hugging Face encoder (BERT-like)."""
+
+    def __init__(self, encoder: nn.Module, n_labels: int, dropout: float = 0.1, pooling: str = "max") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.pooling = pooling
         self.encoder = encoder
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_labels)
 
     @classmethod
-    def from_scratch(cls, config: NetworkConfig, n_labels: int) -> CdsNetwork:
-        return cls(BertModel(config.bert_config(), add_pooling_layer=False), n_labels)
+    def from_scratch(cls, config: NetworkConfig, n_labels: int, pooling: str = "max") -> CdsNetwork:
+        return cls(BertModel(config.bert_config(), add_pooling_layer=False), n_labels, pooling=pooling)
 
     @classmethod
-    def from_base(cls, path: str | Path, n_labels: int) -> CdsNetwork:
+    def from_base(cls, path: str | Path, n_labels: int, pooling: str = "max") -> CdsNetwork:
         """Fine-tune a Hugging Face encoder checkpoint on disk (never downloaded)."""
         try:  # the pooler is never used (mean pooling): leave it out where the encoder allows
             encoder = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
         except TypeError:
             encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
-        return cls(encoder, n_labels)
+        return cls(encoder, n_labels, pooling=pooling)
 
     @classmethod
-    def from_encoder_config(cls, encoder_config: dict[str, Any], n_labels: int) -> CdsNetwork:
+    def from_encoder_config(
+        cls, encoder_config: dict[str, Any], n_labels: int, pooling: str = "max"
+    ) -> CdsNetwork:
         """An empty network of a saved model's shape, to load its weights into."""
         config = AutoConfig.for_model(**encoder_config)
         try:
             encoder = AutoModel.from_config(config, add_pooling_layer=False)
         except TypeError:  # encoders without a pooler option
             encoder = AutoModel.from_config(config)
-        return cls(encoder, n_labels)
+        return cls(encoder, n_labels, pooling=pooling)
 
     @property
     def embeddings(self) -> nn.Embedding:
@@ -81,7 +94,10 @@ class CdsNetwork(nn.Module):
         )
         states = out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.pooling == "max":
+            pooled = states.masked_fill(mask == 0, torch.finfo(states.dtype).min).max(dim=1).values
+        else:
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return pooled, out
 
     def forward(

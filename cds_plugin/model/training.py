@@ -49,12 +49,13 @@ class TrainConfig:
     mask_rate: float = 0.5  # share of concepts active at T hidden from the input
     min_positive: int = 10  # positive training examples a concept needs to become a label
     max_length: int = 512
+    pooling: str = "max"
     fact_style: str = "codes"  # how facts are shown to the model (see dataset.model_text)
     vocab_size: int = 6000
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    pretrain_epochs: int = 2
+    pretrain_epochs: int = 1
     pretrain_fact_rate: float = 0.15
-    finetune_epochs: int = 8
+    finetune_epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
     base_lr: float = 5e-5  # learning rate of a pretrained `--base` encoder
@@ -375,7 +376,7 @@ def train(
     timings = {"prepare_s": time.perf_counter() - started}
 
     if base is not None:
-        network = CdsNetwork.from_base(base, len(labels))
+        network = CdsNetwork.from_base(base, len(labels), pooling=config.pooling)
         pretrain_losses: list[float] = []
     else:
         net_config = NetworkConfig(
@@ -385,7 +386,7 @@ def train(
                 "max_position_embeddings": config.max_length,
             }
         )
-        network = CdsNetwork.from_scratch(net_config, len(labels))
+        network = CdsNetwork.from_scratch(net_config, len(labels), pooling=config.pooling)
         t0 = time.perf_counter()
         pretrain_losses = (
             pretrain(network, train_data, tokenizer, config, progress) if config.pretrain_epochs else []
