@@ -118,6 +118,65 @@ def cmd_assess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cds_plugin.errors import CdsPluginError
+    from cds_plugin.model.engine import Engine
+
+    _configure_logging("WARNING")
+    engine = Engine.load(args.model)
+    try:
+        explanation = engine.explain(args.bundle, args.code, method=args.method, as_of=_as_of(args.as_of))
+    except CdsPluginError as exc:
+        print(f"cds-plugin: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(explanation.dumps(), end="")
+        return 0
+    t = explanation.target
+    print(f"{t.display} [{t.code}]: probability {explanation.probability:.3f}")
+    print(
+        f"model {explanation.model_version}, method {explanation.method}, as of {explanation.reference_time}"
+    )
+    if explanation.f_x is not None and explanation.f_baseline is not None:
+        error = explanation.completeness_error
+        print(
+            f"scores add up to F(x) - F(baseline) = {explanation.f_x:.3f} - {explanation.f_baseline:.3f}"
+            + (f" (completeness error {error:.2%})" if error is not None else "")
+        )
+    if not explanation.label_specific:
+        print("the same for every consideration: what the model looked at, not why it rated this one")
+    unit = "probability" if explanation.score_unit == "probability" else "relevance"
+    print(f"\ntop {args.top} resources ({unit}, share of total)")
+    for e in explanation.top(args.top):
+        print(f"  {e.score:+8.4f}  {e.share:6.1%}  {e.display}  [{e.reference}]")
+    for warning in explanation.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
+    import json
+
+    from cds_plugin.explain.faithfulness import DEFAULT_METHODS, evaluate_explanations, render_markdown
+
+    _configure_logging("INFO")
+    _torch_threads(args.threads)
+    methods = tuple(m for m in args.methods.split(",") if m) if args.methods else DEFAULT_METHODS
+    report = evaluate_explanations(
+        args.model,
+        args.data,
+        limit=args.limit,
+        methods=methods,
+        targets_per_patient=args.targets,
+        progress=not args.quiet,
+        log=logging.getLogger("cds_plugin.explain").info,
+    )
+    print(render_markdown(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cds-plugin", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cds-plugin {__version__}")
@@ -163,6 +222,33 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--top", type=int, default=10)
     assess.add_argument("--json", action="store_true")
     assess.set_defaults(func=cmd_assess)
+
+    explain = sub.add_parser("explain", help="which FHIR resources moved one consideration, and by how much")
+    explain.add_argument("bundle", help="a FHIR bundle, resource, prefetch object or NDJSON file")
+    explain.add_argument("--code", required=True, help="the label to explain: code or kind:code")
+    explain.add_argument(
+        "--method",
+        default="integrated_gradients",
+        help="integrated_gradients (default), attention, attention_gradient, shap",
+    )
+    explain.add_argument("--model", help="model folder (default: the model shipped in the package)")
+    explain.add_argument("--as-of", dest="as_of", help="reference date (ISO), facts after it are ignored")
+    explain.add_argument("--top", type=int, default=10)
+    explain.add_argument("--json", action="store_true", help="the whole explanation as versioned JSON")
+    explain.set_defaults(func=cmd_explain)
+
+    evaluate_explanations = sub.add_parser(
+        "evaluate-explanations", help="faithfulness of the explanation methods on validation patients"
+    )
+    evaluate_explanations.add_argument("--model", required=True, help="model folder")
+    evaluate_explanations.add_argument("--data", required=True, help="folder of FHIR bundles")
+    evaluate_explanations.add_argument("--json", help="write the full report here")
+    evaluate_explanations.add_argument("--limit", type=int, help="validation patients at most")
+    evaluate_explanations.add_argument("--methods", help="comma-separated (default: all built-in methods)")
+    evaluate_explanations.add_argument("--targets", type=int, default=1, help="top labels per patient")
+    evaluate_explanations.add_argument("--threads", type=int)
+    evaluate_explanations.add_argument("--quiet", action="store_true")
+    evaluate_explanations.set_defaults(func=cmd_evaluate_explanations)
 
     sandbox = sub.add_parser("sandbox", help="tools for testing CDS services")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
