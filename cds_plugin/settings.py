@@ -93,6 +93,14 @@ class Settings:
     fhir_max_pages: int = 10
     fhir_open_servers: tuple[str, ...] = ()  # FHIR base URLs we may query without an access token
     fhir_allow_http: bool = False  # plain-http FHIR servers beyond loopback (never in production)
+    # Clinical services and their cards
+    model_path: str = ""  # empty: the default model shipped in the package
+    max_cards: int = 3
+    card_explanation_method: str = "integrated_gradients"  # on cards; see docs/explanations.md
+    explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept
+    link_secret: str = ""  # HMAC key of explanation links; empty: a random one kept in data_dir
+    smart_launch_url: str = ""  # when set, cards carry a SMART app link
+    shap_max_evals: int = 300  # SHAP budget (forward passes) when the view asks for it
     # Extra keys the settings file carries for later components (kept, not interpreted here)
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: settings on a temporary database, a small registry of test services, the app."""
+"""Shared fixtures: the CDS Hooks schemas, a small Synthea corpus and a tiny model trained on it once."""
 
 from __future__ import annotations
 
@@ -19,3 +19,43 @@ def schemas_dir() -> Path:
     if not SCHEMAS.exists():
         pytest.skip(f"CDS Hooks schemas not found at {SCHEMAS}")
     return SCHEMAS
+
+
+TRAIN_DATA = Path(
+    os.environ.get("CDS_PLUGIN_TRAIN_DATA", ROOT.parent / "shared" / "data" / "synthea" / "train")
+)
+
+
+def small_corpus(tmp_root: Path, n: int = 24) -> Path:
+    """Links to the first n bundles of each Synthea generation, so both are represented."""
+    if not TRAIN_DATA.exists():
+        pytest.skip(f"training data not found at {TRAIN_DATA}")
+    out = tmp_root / "corpus"
+    out.mkdir(exist_ok=True)
+    for sub in sorted(p for p in TRAIN_DATA.iterdir() if p.is_dir()):
+        for path in sorted(sub.glob("*.json.gz"))[: n // 2]:
+            target = out / f"{sub.name}-{path.name}"
+            if not target.exists():
+                target.symlink_to(path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return small_corpus(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, corpus) -> Path:
+    from cds_plugin.model.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model")
+    train(corpus, out, TrainConfig.tiny(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model):
+    from cds_plugin.model.engine import Engine
+
+    return Engine.load(tiny_model)

@@ -40,6 +40,8 @@ class HookCall:
     prefetch: dict[str, Any]
     prefetch_sources: dict[str, str]
     model_version: str | None = None
+    #: The service's public base URL (for absolute links in cards), e.g. https://cds.example.org
+    base_url: str | None = None
 
     @property
     def hook_instance(self) -> str:

@@ -1,5 +1,6 @@
 """The clinical services: each joins a hook to the Engine and the card builder.
 
-Importing this package registers them into `cds_plugin.hooks.registry.default_registry`. They arrive
-with the model and cards work; until then the service offers discovery with no services.
+Importing this package registers them into `cds_plugin.hooks.registry.default_registry`.
 """
+
+from cds_plugin.services import considerations  # noqa: F401 - registers the services

@@ -63,9 +63,24 @@ jwt_replay = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
+#: What the explanation view shows for one card: the consideration, its explanations and the patient's
+#: facts. This holds patient data, so it is reachable only with a signed link and expires.
+explanations = sa.Table(
+    "explanations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # unguessable (secrets.token_urlsafe)
+    sa.Column("card_uuid", sa.String(64), nullable=False, index=True),
+    sa.Column("service_id", sa.String(200), nullable=False),
+    sa.Column("hook_instance", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("payload", sa.JSON, nullable=False),
+)
+
 #: Ordered migrations: index i upgrades from version i to i + 1.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     lambda conn: metadata.create_all(conn, tables=[issued_cards, feedback, jwt_replay]),
+    lambda conn: metadata.create_all(conn, tables=[explanations]),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

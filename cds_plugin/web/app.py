@@ -17,10 +17,12 @@ from cds_plugin.hooks.registry import ServiceRegistry, default_registry
 from cds_plugin.settings import SANDBOX_ISSUER, Settings
 from cds_plugin.storage.card_log import CardLog
 from cds_plugin.storage.database import Database
+from cds_plugin.storage.explanation_store import ExplanationStore
 from cds_plugin.storage.feedback_store import FeedbackStore
 from cds_plugin.storage.replay_cache import DatabaseReplayCache
 from cds_plugin.web import cds_services, health
 from cds_plugin.web.cors import install_cors
+from cds_plugin.web.link_tokens import LinkSigner, load_secret
 from cds_plugin.web.operation_outcome import error_response, outcome_response
 from cds_plugin.web.runtime import Runtime
 
@@ -32,14 +34,16 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "
 def create_app(settings: Settings | None = None, registry: ServiceRegistry | None = None) -> Flask:
     """Build the app. Without a registry, the product's clinical services (cds_plugin.services) are used."""
     settings = settings or Settings.load()
-    if registry is None:
-        import cds_plugin.services  # noqa: F401 - registers the clinical services into default_registry
-
-        registry = default_registry
-    registry.validate()
-
     db = Database(settings.effective_database_url)
     db.migrate()
+    explanation_store = ExplanationStore(db, settings.explanation_ttl_s)
+    link_signer = LinkSigner(load_secret(settings.link_secret, settings.data_dir))
+    if registry is None:
+        from cds_plugin.services import considerations  # registers the clinical services
+
+        considerations.configure(considerations.ServiceEnvironment(settings, explanation_store, link_signer))
+        registry = default_registry
+    registry.validate()
 
     trust = None
     if settings.jwt_required:
@@ -70,6 +74,8 @@ def create_app(settings: Settings | None = None, registry: ServiceRegistry | Non
         db=db,
         feedback_store=FeedbackStore(db),
         card_log=CardLog(db),
+        explanation_store=explanation_store,
+        link_signer=link_signer,
         trust=trust,
         http=requests.Session(),
     )

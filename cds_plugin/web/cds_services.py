@@ -150,6 +150,7 @@ def call_service(service_id: str) -> Response:
             context=context,
             prefetch=resolved.data,
             prefetch_sources=resolved.sources,
+            base_url=_runtime().settings.public_base_url or request.host_url,
         )
         response = service.handler(hook_call)
         if not isinstance(response, CDSResponse):

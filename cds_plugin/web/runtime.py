@@ -11,7 +11,9 @@ from cds_plugin.hooks.registry import ServiceRegistry
 from cds_plugin.settings import Settings
 from cds_plugin.storage.card_log import CardLog
 from cds_plugin.storage.database import Database
+from cds_plugin.storage.explanation_store import ExplanationStore
 from cds_plugin.storage.feedback_store import FeedbackStore
+from cds_plugin.web.link_tokens import LinkSigner
 
 
 @dataclass
@@ -21,5 +23,7 @@ class Runtime:
     db: Database
     feedback_store: FeedbackStore
     card_log: CardLog
+    explanation_store: ExplanationStore
+    link_signer: LinkSigner
     trust: Any  # ClientTrust, or None when JWT checks are switched off by setting
     http: requests.Session

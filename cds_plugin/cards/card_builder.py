@@ -1,0 +1,256 @@
+"""Considerations and their evidence -> spec-exact CDS Hooks cards.
+
+A card says what to consider, how likely, and why, in a form a clinician reads in seconds: a summary
+under 140 characters, one plain sentence of rationale built from the top evidence, then the evidence as
+a table, the method and its completeness error, the model version, and the caveat. The indicator comes
+from the calibrated probability (bands below); these cards never use "critical": they are suggestions
+from a model, not safety alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cds_plugin.explain.explanation import PROBABILITY, Evidence, Explanation
+from cds_plugin.fhir.record import Observation, PatientRecord
+from cds_plugin.hooks.card import SUMMARY_MAX, Action, Card, Link, Source, Suggestion, new_uuid
+from cds_plugin.hooks.coding import Coding
+from cds_plugin.model.assessment import Consideration
+from cds_plugin.model.concepts import DIAGNOSIS
+
+#: Calibrated probability bands -> card indicator (docs/cards.md).
+WARNING_AT = 0.80
+CAVEAT = "Model trained on synthetic (Synthea) data; not for clinical use. Review the evidence before acting."
+OVERRIDE_SYSTEM = "urn:cds-plugin:override-reason"
+OVERRIDE_REASONS = (
+    ("already-addressed", "Already addressed"),
+    ("not-clinically-relevant", "Not clinically relevant"),
+    ("disagree-with-evidence", "Disagree with the evidence"),
+    ("patient-preference", "Patient preference"),
+)
+METHOD_NAMES = {
+    "integrated_gradients": "integrated gradients",
+    "attention_gradient": "attention x gradient rollout",
+    "attention": "attention rollout",
+    "shap": "SHAP",
+}
+
+
+def indicator_for(probability: float) -> str:
+    """warning at calibrated p >= 0.80, else info (documented in docs/cards.md)."""
+    return "warning" if probability >= WARNING_AT else "info"
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One evidence line for people: what, value, date, signed contribution."""
+
+    reference: str
+    what: str
+    value: str
+    date: str
+    score: float
+
+
+def _fact_for(record: PatientRecord | None, reference: str) -> Any | None:
+    if record is None:
+        return None
+    for fact in record.facts():
+        if fact.reference == reference:
+            return fact
+    return None
+
+
+def evidence_rows(explanation: Explanation, record: PatientRecord | None, n: int = 5) -> list[EvidenceRow]:
+    """The top evidence with what/value/date read from the patient's own facts where possible."""
+    rows = []
+    for ev in explanation.top(n):
+        fact = _fact_for(record, ev.reference)
+        what, value, date = _describe(ev, fact)
+        rows.append(EvidenceRow(ev.reference, what, value, date, ev.score))
+    return rows
+
+
+def _describe(ev: Evidence, fact: Any | None) -> tuple[str, str, str]:
+    if fact is None:
+        return ev.display, "", ""
+    concept = getattr(fact, "code", None)
+    what = (concept.display if concept is not None and hasattr(concept, "display") else None) or ev.display
+    if ev.resource_type == "Patient":
+        what = ev.display
+    value = ""
+    if isinstance(fact, Observation):
+        if fact.value is not None:
+            value = f"{fact.value:g} {fact.unit or ''}".strip()
+        elif fact.value_concept is not None and fact.value_concept.display:
+            value = fact.value_concept.display
+    date = fact.date.date().isoformat() if isinstance(fact.date, datetime) else ""
+    if ev.resource_type == "Patient":
+        date = ""
+    return what, value, date
+
+
+def _phrase(row: EvidenceRow) -> str:
+    parts = [row.what]
+    if row.value:
+        parts.append(row.value)
+    text = " ".join(parts)
+    return f"{text} on {row.date}" if row.date else text
+
+
+def rationale(consideration: Consideration, rows: Sequence[EvidenceRow], additive: bool) -> str:
+    """One plain sentence: 'Suggested mainly because of A and B; C pointed the other way.'"""
+    up = [r for r in rows if r.score > 0][:2]
+    down = [r for r in rows if r.score < 0][:1] if additive else []
+    if not up:
+        return (
+            f"The model rates {consideration.display} at {consideration.probability:.0%}; "
+            "no single fact stands out."
+        )
+    sentence = "Suggested mainly because of " + " and ".join(_phrase(r) for r in up)
+    if down:
+        sentence += f"; {_phrase(down[0])} pointed the other way"
+    return sentence + "."
+
+
+def _md(text: str) -> str:
+    """Escape table-breaking characters of patient-derived text."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
+
+
+def detail_markdown(
+    consideration: Consideration,
+    explanation: Explanation | None,
+    record: PatientRecord | None,
+    model_version: str,
+) -> str:
+    lines = []
+    if explanation is not None and explanation.evidence:
+        additive = explanation.score_unit == PROBABILITY
+        rows = evidence_rows(explanation, record)
+        lines.append(_md(rationale(consideration, rows, additive)))
+        lines.append("")
+        unit = "contribution (probability)" if additive else "relevance"
+        lines.append(f"| What | Value | Date | {unit} |")
+        lines.append("|---|---|---|---|")
+        for r in rows:
+            arrow = ("▲ +" if r.score > 0 else "▼ ") if additive else ""
+            lines.append(f"| {_md(r.what)} | {_md(r.value)} | {r.date} | {arrow}{r.score:.3f} |")
+        lines.append("")
+        method = METHOD_NAMES.get(explanation.method, explanation.method)
+        if explanation.completeness_error is not None:
+            method += f" (completeness error {explanation.completeness_error:.1%})"
+        lines.append(f"Explained by {method}.")
+    else:
+        lines.append(f"The model rates {_md(consideration.display)} at {consideration.probability:.0%}.")
+    lines.append(
+        f"Probability {consideration.probability:.2f} (threshold {consideration.threshold:.2f}); "
+        f"model {model_version}."
+    )
+    lines.append("")
+    lines.append(f"*{CAVEAT}*")
+    return "\n".join(lines)
+
+
+def summary_for(consideration: Consideration) -> str:
+    where = "not on the problem list" if consideration.kind == DIAGNOSIS else "not prescribed"
+    tail = f": {where} (p {consideration.probability:.2f})"
+    display = consideration.display
+    room = SUMMARY_MAX - 1 - len("Consider ") - len(tail)
+    if len(display) > room:
+        display = display[: room - 1].rstrip() + "…"
+    return f"Consider {display}{tail}"
+
+
+def suggestion_for(consideration: Consideration, patient_id: str) -> Suggestion:
+    """A concrete FHIR action: a provisional problem-list Condition, or a draft MedicationRequest proposal."""
+    coding = {"system": consideration.system, "code": consideration.code, "display": consideration.display}
+    subject = {"reference": f"Patient/{patient_id}"}
+    if consideration.kind == DIAGNOSIS:
+        resource = {
+            "resourceType": "Condition",
+            "clinicalStatus": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+                ]
+            },
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": "provisional",
+                    }
+                ]
+            },
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                            "code": "problem-list-item",
+                        }
+                    ]
+                }
+            ],
+            "code": {"coding": [coding], "text": consideration.display},
+            "subject": subject,
+        }
+        label = f"Add {consideration.display} to the problem list (provisional)"
+        description = f"Create a provisional Condition for {consideration.display} on the problem list"
+    else:
+        resource = {
+            "resourceType": "MedicationRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "medicationCodeableConcept": {"coding": [coding], "text": consideration.display},
+            "subject": subject,
+        }
+        label = f"Propose {consideration.display} (draft order)"
+        description = f"Create a draft MedicationRequest proposal for {consideration.display}"
+    return Suggestion(
+        label=label[:200],
+        uuid=new_uuid(),
+        actions=[Action(type="create", description=description, resource=resource)],
+    )
+
+
+def build_card(
+    consideration: Consideration,
+    explanation: Explanation | None,
+    record: PatientRecord | None,
+    *,
+    model_version: str,
+    source_label: str,
+    model_card_url: str | None,
+    view_url: str | None,
+    patient_id: str,
+    smart_launch_url: str | None = None,
+    card_uuid: str | None = None,
+    summary: str | None = None,
+    indicator: str | None = None,
+    suggest: bool = True,
+) -> Card:
+    links = []
+    if view_url:
+        links.append(Link(label="Why this suggestion?", url=view_url, type="absolute"))
+    if smart_launch_url:
+        links.append(Link(label="Open in the SMART app", url=smart_launch_url, type="smart"))
+    suggestions = [suggestion_for(consideration, patient_id)] if suggest else None
+    return Card(
+        uuid=card_uuid or new_uuid(),
+        summary=summary or summary_for(consideration),
+        detail=detail_markdown(consideration, explanation, record, model_version),
+        indicator=indicator or indicator_for(consideration.probability),
+        source=Source(
+            label=source_label,
+            url=model_card_url,
+            topic=Coding(system=consideration.system, code=consideration.code, display=consideration.display),
+        ),
+        suggestions=suggestions,
+        selectionBehavior="at-most-one" if suggestions else None,
+        overrideReasons=[Coding(system=OVERRIDE_SYSTEM, code=c, display=d) for c, d in OVERRIDE_REASONS],
+        links=links or None,
+    )

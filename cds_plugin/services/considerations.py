@@ -1,0 +1,289 @@
+"""The clinical services: diagnosis and treatment considerations on patient-view, order review on
+order-select and order-sign. Each joins a hook to the Engine, the explainers and the card builder.
+
+The Engine is loaded once per worker (the services' `load`), shared by the three services. Cards carry
+the explanation named by `card_explanation_method` (integrated gradients by default); with a cheaper
+method on the card, integrated gradients are computed right after the response and added to the
+explanation page (decided by measurement, docs/explanations.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from cds_plugin.cards.card_builder import build_card
+from cds_plugin.cards.view_data import view_payload
+from cds_plugin.fhir.prefetch import read_prefetch
+from cds_plugin.fhir.record import PatientRecord
+from cds_plugin.hooks.card import Card, new_uuid
+from cds_plugin.hooks.registry import HookCall, ServiceRegistry, default_registry
+from cds_plugin.hooks.response import CDSResponse
+from cds_plugin.model.assessment import Assessment, Consideration
+from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, treatment_key
+from cds_plugin.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Exactly the data the model reads, by patient; only the Patient is required, the rest degrade.
+PREFETCH = {
+    "patient": "Patient/{{context.patientId}}",
+    "conditions": "Condition?patient={{context.patientId}}&_count=200",
+    "medications": "MedicationRequest?patient={{context.patientId}}&_count=200",
+    "observations": (
+        "Observation?patient={{context.patientId}}&category=laboratory,vital-signs&_sort=-date&_count=200"
+    ),
+    "allergies": "AllergyIntolerance?patient={{context.patientId}}",
+    "procedures": "Procedure?patient={{context.patientId}}&_sort=-date&_count=100",
+    "immunizations": "Immunization?patient={{context.patientId}}&_count=100",
+    "encounters": "Encounter?patient={{context.patientId}}&_sort=-date&_count=50",
+    "careplans": "CarePlan?patient={{context.patientId}}&status=active",
+}
+OPTIONAL = frozenset(PREFETCH) - {"patient"}
+#: A drafted medication rated below this (and below a quarter of its threshold) gets an info card.
+UNLIKELY_DRAFT = 0.05
+
+
+@dataclass
+class ServiceEnvironment:
+    """What the services need from the running app: settings and where explanation pages live."""
+
+    settings: Settings
+    explanation_store: Any  # cds_plugin.storage.explanation_store.ExplanationStore, or None
+    link_signer: Any  # cds_plugin.web.link_tokens.LinkSigner, or None
+
+
+_env: ServiceEnvironment | None = None
+_engines: dict[str, Any] = {}
+_engine_lock = threading.Lock()
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain-after")
+
+
+def configure(environment: ServiceEnvironment) -> None:
+    """Called by the app factory before the services load."""
+    global _env
+    _env = environment
+
+
+def environment() -> ServiceEnvironment:
+    if _env is None:
+        raise RuntimeError("cds_plugin.services.considerations.configure() was not called")
+    return _env
+
+
+def load_engine() -> Any:
+    """The Engine, loaded once per process and shared by the services; warms up the explainers."""
+    path = environment().settings.model_path
+    with _engine_lock:
+        if path not in _engines:
+            from cds_plugin.explain import warm_up
+            from cds_plugin.model.engine import Engine
+
+            started = time.perf_counter()
+            engine = Engine.load(path or None)
+            warm_up()
+            _engines[path] = engine
+            log.info("model %s loaded in %.1f s", engine.version, time.perf_counter() - started)
+        return _engines[path]
+
+
+def _record(call: HookCall) -> PatientRecord:
+    draft = call.context.model_dump().get("draftOrders")
+    return read_prefetch(
+        {k: v for k, v in call.prefetch.items() if v is not None},
+        patient_id=call.context.patientId,
+        draft_orders=draft,
+    )
+
+
+def _drafted(record: PatientRecord) -> set[str]:
+    return {k.code for m in record.medication_requests if m.status == "draft" and (k := treatment_key(m))}
+
+
+def _model_card_url(call: HookCall) -> str | None:
+    return f"{call.base_url.rstrip('/')}/model-card" if call.base_url else None
+
+
+def _issue_cards(
+    call: HookCall,
+    engine: Any,
+    assessment: Assessment,
+    items: Sequence[Consideration],
+    *,
+    summaries: dict[str, str] | None = None,
+    suggest: bool = True,
+    indicator: str | None = None,
+) -> list[Card]:
+    """Explain the considerations (one shared pass) and build a card and an explanation page for each."""
+    if not items:
+        return []
+    env = environment()
+    settings = env.settings
+    method = settings.card_explanation_method
+    explanations = engine.explain(assessment, list(items), method=method)
+    cards = []
+    for consideration, explanation in zip(items, explanations, strict=True):
+        card_uuid = new_uuid()
+        view_url = _store_view(call, engine, assessment, consideration, {method: explanation}, card_uuid)
+        cards.append(
+            build_card(
+                consideration,
+                explanation,
+                assessment.record,
+                model_version=engine.version,
+                source_label="cds-plugin considerations (synthetic-data model)",
+                model_card_url=_model_card_url(call),
+                view_url=view_url,
+                patient_id=call.context.patientId,
+                smart_launch_url=settings.smart_launch_url or None,
+                card_uuid=card_uuid,
+                summary=(summaries or {}).get(consideration.code),
+                indicator=indicator,
+                suggest=suggest,
+            )
+        )
+    return cards
+
+
+def _store_view(
+    call: HookCall,
+    engine: Any,
+    assessment: Assessment,
+    consideration: Consideration,
+    explanations: dict,
+    card_uuid: str,
+) -> str | None:
+    """Store the page's data and return its signed link; None (no link) when storage is unavailable."""
+    env = environment()
+    if env.explanation_store is None or env.link_signer is None or not call.base_url:
+        return None
+    entry_id = env.explanation_store.new_id()
+    payload = view_payload(
+        consideration,
+        explanations,
+        assessment.record,
+        assessment.linearization,
+        model_version=engine.version,
+        service_id=call.service.id,
+        card_uuid=card_uuid,
+        hook_instance=call.hook_instance,
+        model_card_url=_model_card_url(call),
+    )
+    try:
+        expires = env.explanation_store.put(entry_id, card_uuid, call.service.id, call.hook_instance, payload)
+    except Exception as exc:
+        log.warning("explanation page not stored: %s", type(exc).__name__)
+        return None
+    if "integrated_gradients" not in explanations:
+        _background.submit(_add_integrated_gradients, engine, assessment, consideration, entry_id, payload)
+    token = env.link_signer.sign(entry_id, expires.replace(tzinfo=expires.tzinfo or UTC).timestamp())
+    return f"{call.base_url.rstrip('/')}/explanations/{entry_id}?token={token}"
+
+
+def _add_integrated_gradients(
+    engine: Any, assessment: Assessment, consideration: Consideration, entry_id: str, payload: dict
+) -> None:
+    try:
+        explanation = engine.explain(assessment, consideration, method="integrated_gradients")
+        payload["explanations"]["integrated_gradients"] = explanation.to_json()
+        environment().explanation_store.update_payload(entry_id, payload)
+    except Exception as exc:
+        log.warning("integrated gradients after the response failed: %s", type(exc).__name__)
+
+
+def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) -> list[Consideration]:
+    return [c for c in items if c.suggested and c.code not in exclude][:limit]
+
+
+def diagnosis_considerations(call: HookCall) -> CDSResponse:
+    engine = load_engine()
+    call.model_version = engine.version
+    assessment = engine.assess(_record(call))
+    items = _suggested(assessment.diagnoses, set(), environment().settings.max_cards)
+    return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
+
+
+def treatment_considerations(call: HookCall) -> CDSResponse:
+    engine = load_engine()
+    call.model_version = engine.version
+    assessment = engine.assess(_record(call))
+    items = _suggested(assessment.treatments, set(), environment().settings.max_cards)
+    return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
+
+
+def order_review(call: HookCall) -> CDSResponse:
+    """Considerations with the draft in mind; a drafted medication the model finds very unlikely for this
+    patient gets an info card with its evidence (never a block)."""
+    engine = load_engine()
+    call.model_version = engine.version
+    record = _record(call)
+    drafted = _drafted(record)
+    assessment = engine.assess(record)
+    limit = environment().settings.max_cards
+    ranked = sorted(
+        (c for c in assessment.considerations if c.suggested and c.code not in drafted),
+        key=lambda c: -c.probability,
+    )
+    cards = _issue_cards(call, engine, assessment, ranked[:limit])
+    if drafted:
+        without = dataclasses.replace(
+            record, medication_requests=tuple(m for m in record.medication_requests if m.status != "draft")
+        )
+        baseline = engine.assess(without)
+        unusual = [
+            c
+            for c in baseline.treatments
+            if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
+        ]
+        summaries = {
+            c.code: f"Drafted {c.display[:70]}: unusual for this patient (model p {c.probability:.2f})"
+            for c in unusual
+        }
+        cards += _issue_cards(
+            call, engine, baseline, unusual[:limit], summaries=summaries, suggest=False, indicator="info"
+        )
+    return CDSResponse(cards=cards)
+
+
+def register(registry: ServiceRegistry) -> None:
+    common = {"prefetch": PREFETCH, "optional_prefetch": OPTIONAL, "load": load_engine}
+    registry.service(
+        "diagnosis-considerations",
+        hook="patient-view",
+        title="Diagnosis considerations",
+        description="Diagnoses the model finds likely for this patient and that are not on the problem "
+        "list, with the patient's own data that led to each.",
+        usage_requirements="Model trained on synthetic data; not for clinical use.",
+        **common,
+    )(diagnosis_considerations)
+    registry.service(
+        "treatment-considerations",
+        hook="patient-view",
+        title="Treatment considerations",
+        description="Medications the model finds likely for this patient and that are not prescribed, "
+        "with the patient's own data that led to each.",
+        usage_requirements="Model trained on synthetic data; not for clinical use.",
+        **common,
+    )(treatment_considerations)
+    for hook in ("order-select", "order-sign"):
+        registry.service(
+            "order-review",
+            hook=hook,
+            title="Order review",
+            description="Considerations with the drafted orders in mind; flags a drafted medication the "
+            "model finds very unlikely for this patient (information only).",
+            usage_requirements="Model trained on synthetic data; not for clinical use.",
+            **common,
+        )(order_review)
+
+
+register(default_registry)
+
+__all__ = ["DIAGNOSIS", "TREATMENT", "ServiceEnvironment", "configure", "load_engine", "register"]

@@ -1,0 +1,87 @@
+"""The clinical services end to end through the app, with a tiny model: spec-valid cards with evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cds_plugin.sandbox.validator import has_errors, validate_response
+from cds_plugin.settings import Settings
+from cds_plugin.web.app import create_app
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("svc")
+    settings = Settings.load(environ={}, data_dir=str(data), jwt_required=False, model_path=str(tiny_model))
+    app = create_app(settings)
+    return app.test_client()
+
+
+def request_of(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_discovery_lists_the_clinical_services(client):
+    services = client.get("/cds-services").get_json()["services"]
+    assert {(s["id"], s["hook"]) for s in services} == {
+        ("diagnosis-considerations", "patient-view"),
+        ("treatment-considerations", "patient-view"),
+        ("order-review", "order-select"),
+        ("order-review", "order-sign"),
+    }
+    for s in services:
+        assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+@pytest.mark.parametrize("service", ["diagnosis-considerations", "treatment-considerations"])
+def test_patient_view_cards_are_spec_valid_with_evidence(client, service):
+    body = request_of("diabetes-adult-2025.patient-view.json")
+    resp = client.post(f"/cds-services/{service}", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    answer = resp.get_json()
+    findings = validate_response(answer)
+    assert not has_errors(findings), findings
+    assert len(answer["cards"]) <= 3
+    for card in answer["cards"]:
+        assert card["summary"].startswith("Consider ") and "(p 0." in card["summary"]
+        assert "Suggested mainly because of" in card["detail"] or "no single fact" in card["detail"]
+        assert "not for clinical use" in card["detail"]
+        assert card["links"][0]["label"] == "Why this suggestion?"
+        assert "/explanations/" in card["links"][0]["url"] and "token=" in card["links"][0]["url"]
+        assert card["source"]["topic"]["code"]
+        assert {r["code"] for r in card["overrideReasons"]} >= {"already-addressed", "patient-preference"}
+        action = card["suggestions"][0]["actions"][0]
+        expected = "Condition" if service.startswith("diagnosis") else "MedicationRequest"
+        assert action["resource"]["resourceType"] == expected
+
+
+def test_order_review_on_both_hooks(client):
+    for hook in ("order-select", "order-sign"):
+        body = request_of(f"hypertension-adult-2019.{hook}.json")
+        resp = client.post("/cds-services/order-review", json=body)
+        assert resp.status_code == 200, resp.get_json()
+        assert not has_errors(validate_response(resp.get_json()))
+        drafted = {
+            e["resource"]["medicationCodeableConcept"]["coding"][0].get("display", "")
+            for e in body["context"]["draftOrders"].get("entry", [])
+            if "medicationCodeableConcept" in e["resource"]
+        }
+        for card in resp.get_json()["cards"]:
+            if card["summary"].startswith("Consider "):
+                assert not any(d and d.split(" ")[0].lower() in card["summary"].lower() for d in drafted)
+
+
+def test_malformed_prefetch_is_400(client):
+    body = request_of("diabetes-adult-2025.patient-view.json")
+    body["prefetch"]["patient"] = {
+        "resourceType": "Patient",
+        "id": body["context"]["patientId"],
+        "birthDate": 5,
+    }
+    resp = client.post("/cds-services/diagnosis-considerations", json=body)
+    assert resp.status_code == 400 and resp.get_json()["resourceType"] == "OperationOutcome"
