@@ -82,7 +82,40 @@ def save_model(
     )
     _write_json(out / "training.json", metadata)
     (out / "MODEL_VERSION").write_text(version + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card_text(version, labels, metadata, temperature))
     return version
+
+
+def model_card_text(version: str, labels: LabelSpace, metadata: dict[str, Any], temperature: float) -> str:
+    """A short model card written with every trained model; `cds-plugin evaluate` adds the figures."""
+    config = metadata.get("config", {})
+    fit = metadata.get("finetune", {})
+    kinds = {"diagnosis": 0, "treatment": 0}
+    for key in labels.labels:
+        kinds[key.kind] = kinds.get(key.kind, 0) + 1
+    lines = [
+        f"# Model card: {version}",
+        "",
+        "Proposes diagnosis and treatment considerations from a patient's FHIR record. Trained on",
+        "synthetic data unless stated otherwise below. **Not for clinical use.**",
+        "",
+        "## Training",
+        f"- patients: {metadata.get('patients')}; examples: {metadata.get('examples')}",
+        f"- base: {metadata.get('base') or 'BERT-style encoder trained from scratch'}",
+        f"- input: {config.get('max_length')} tokens, pooling {config.get('pooling')}, "
+        f"fact style {config.get('fact_style')}",
+        f"- labels: {len(labels)} ({kinds['diagnosis']} diagnoses, {kinds['treatment']} treatments), "
+        f"each with at least {labels.min_positive} positive training examples",
+        f"- best validation macro AUPRC: {fit.get('best_val_macro_auprc', float('nan')):.3f} "
+        f"at epoch {fit.get('best_epoch')}",
+        f"- calibration: temperature {temperature:.3f}; thresholds: max F1 on validation",
+        "",
+        "Run `cds-plugin evaluate --model DIR --data DIR` for AUROC, AUPRC, recall@5 and calibration beside",
+        "the prevalence and logistic-regression baselines, by subgroup. See docs/model-card.md for the",
+        "task definition and limits.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass
