@@ -109,16 +109,17 @@ def parse_service_url(url: str) -> ServiceUrl:
 
 
 def choose_service(services: list[Any], hook: str, service_id: str | None) -> dict[str, Any]:
-    """The discovery entry to call: by id when given (its hook must match), else the only one on `hook`."""
+    """The discovery entry to call: by id when given (one id may be listed once per hook it serves,
+    CDS Hooks 2.0 requirement 211), else the only one on `hook`."""
     usable = [s for s in services if isinstance(s, dict) and isinstance(s.get("id"), str)]
     if service_id is not None:
-        for service in usable:
-            if service["id"] == service_id:
-                if service.get("hook") != hook:
-                    raise SandboxError(
-                        f"service {service_id!r} answers hook {service.get('hook')!r}, not {hook!r}"
-                    )
+        same_id = [s for s in usable if s["id"] == service_id]
+        for service in same_id:
+            if service.get("hook") == hook:
                 return service
+        if same_id:
+            hooks = " or ".join(repr(s.get("hook")) for s in same_id)
+            raise SandboxError(f"service {service_id!r} answers hook {hooks}, not {hook!r}")
         known = ", ".join(f"{s['id']} ({s.get('hook')})" for s in usable) or "none"
         raise SandboxError(f"discovery lists no service {service_id!r}; services: {known}")
     on_hook = [s for s in usable if s.get("hook") == hook]
