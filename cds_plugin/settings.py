@@ -101,6 +101,7 @@ class Settings:
     link_secret: str = ""  # HMAC key of explanation links; empty: a random one kept in data_dir
     smart_launch_url: str = ""  # when set, cards carry a SMART app link
     shap_max_evals: int = 300  # SHAP budget (forward passes) when the view asks for it
+    view_frame_ancestors: str = "'none'"  # CSP frame-ancestors of explanation pages (EHR embedding)
     # Extra keys the settings file carries for later components (kept, not interpreted here)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
