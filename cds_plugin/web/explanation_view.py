@@ -81,6 +81,7 @@ SYSTEM_LABELS = {
     "http://snomed.info/sct": "SNOMED CT",
     "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
     "http://loinc.org": "LOINC",
+    "urn:cds-plugin:ingredient": "Medication ingredient",
 }
 METHOD_LABELS = {
     "integrated_gradients": "Integrated gradients",
