@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,18 @@ def _configure_logging(level: str) -> None:
     )
 
 
+class _RedactTokens(logging.Filter):
+    """The development server logs request lines; explanation links carry a token in the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                re.sub(r"token=[^&\s\"]+", "token=REDACTED", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {}
     if args.bind:
@@ -31,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         from cds_plugin.web.app import create_app
 
+        logging.getLogger("werkzeug").addFilter(_RedactTokens())
         host, _, port = settings.bind.rpartition(":")
         create_app(settings).run(host=host or "127.0.0.1", port=int(port), debug=False, threaded=True)
         return 0

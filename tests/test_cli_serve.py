@@ -82,3 +82,16 @@ def test_bad_setting_exits_with_a_clear_message(tmp_path):
         [sys.executable, "-m", "cds_plugin.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "CDS_PLUGIN_WORKERS" in result.stderr
+
+
+def test_dev_server_redacts_link_tokens_in_request_logs():
+    import logging
+
+    from cds_plugin.cli import _RedactTokens
+
+    record = logging.LogRecord(
+        "werkzeug", logging.INFO, "", 0, '%s - - "%s" %s',
+        ("127.0.0.1", "GET /explanations/abc?token=eyJpZCI6.c2ln&x=1 HTTP/1.1", "200"), None,
+    )  # fmt: skip
+    _RedactTokens().filter(record)
+    assert "eyJpZCI6" not in record.getMessage() and "token=REDACTED&x=1" in record.getMessage()
