@@ -96,6 +96,7 @@ class Settings:
     # Clinical services and their cards
     model_path: str = ""  # empty: the default model shipped in the package
     max_cards: int = 3
+    min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
     card_explanation_method: str = "integrated_gradients"  # on cards; see docs/explanations.md
     explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept
     link_secret: str = ""  # HMAC key of explanation links; empty: a random one kept in data_dir

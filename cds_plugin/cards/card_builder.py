@@ -9,6 +9,7 @@ from a model, not safety alerts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,7 +79,10 @@ def _describe(ev: Evidence, fact: Any | None) -> tuple[str, str, str]:
     if fact is None:
         return ev.display, "", ""
     concept = getattr(fact, "code", None)
-    what = (concept.display if concept is not None and hasattr(concept, "display") else None) or ev.display
+    if concept is None and getattr(fact, "types", None):
+        concept = fact.types[0]  # encounters are named by their type
+    what = concept.display if concept is not None and hasattr(concept, "display") else None
+    what = what or re.sub(r",\s*\d{4}-\d{2}-\d{2}$", "", ev.display)
     if ev.resource_type == "Patient":
         what = ev.display
     value = ""

@@ -47,6 +47,7 @@ PREFETCH = {
     "careplans": "CarePlan?patient={{context.patientId}}&status=active",
 }
 OPTIONAL = frozenset(PREFETCH) - {"patient"}
+WARM_UP_PATIENT = {"resourceType": "Patient", "id": "warm-up", "gender": "unknown", "birthDate": "1970-01-01"}
 #: A drafted medication rated below this (and below a quarter of its threshold) gets an info card.
 UNLIKELY_DRAFT = 0.05
 
@@ -88,7 +89,13 @@ def load_engine() -> Any:
 
             started = time.perf_counter()
             engine = Engine.load(path or None)
-            warm_up()
+            warm_up()  # shap compiles on its first call
+            # the first attribution pays for imports and lazy set-up: pay it here, not in a hook call
+            engine.explain(
+                WARM_UP_PATIENT,
+                engine.labels.labels[0].code,
+                method=environment().settings.card_explanation_method,
+            )
             _engines[path] = engine
             log.info("model %s loaded in %.1f s", engine.version, time.perf_counter() - started)
         return _engines[path]
@@ -199,7 +206,8 @@ def _add_integrated_gradients(
 
 
 def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) -> list[Consideration]:
-    return [c for c in items if c.suggested and c.code not in exclude][:limit]
+    floor = environment().settings.min_card_probability
+    return [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude][:limit]
 
 
 def diagnosis_considerations(call: HookCall) -> CDSResponse:
@@ -227,11 +235,7 @@ def order_review(call: HookCall) -> CDSResponse:
     drafted = _drafted(record)
     assessment = engine.assess(record)
     limit = environment().settings.max_cards
-    ranked = sorted(
-        (c for c in assessment.considerations if c.suggested and c.code not in drafted),
-        key=lambda c: -c.probability,
-    )
-    cards = _issue_cards(call, engine, assessment, ranked[:limit])
+    cards = _issue_cards(call, engine, assessment, _suggested(assessment.considerations, drafted, limit))
     if drafted:
         without = dataclasses.replace(
             record, medication_requests=tuple(m for m in record.medication_requests if m.status != "draft")
