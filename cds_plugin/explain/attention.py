@@ -2,24 +2,24 @@
 
 `attention`: attention rollout (Abnar and Zuidema 2020). Each layer's head-averaged attention, with the
 residual connection as 0.5 A + 0.5 I and rows renormalized, multiplied through the layers, tells how
-much each position's final state draws on each input token. The model pools the mean of all final
-states, so a token's relevance is its column averaged over all rows. It is the same for every label:
-it shows what the model looked at for this patient, never why it rated one consideration, and it does
-not pass the model-randomization check for the head (re-initialising the head leaves it unchanged).
+much each position's final state draws on each input token. A token's relevance is its column averaged
+over the rows with the pooling's weights: with max pooling, the share of hidden units whose maximum sits
+at each position; with mean pooling, equal weights. It is the same
+for every label: it shows what the model looked at for this patient, never why it rated one
+consideration, and it does not pass the model-randomization check for the head (re-initialising the head
+leaves it unchanged).
 
 `attention_gradient`: the rule of Chefer, Gur and Wolf (2021, "Generic attention-model
 explainability"): each layer's attention weighted by the gradient of the target label's probability,
 heads averaged over the positive part, accumulated as R <- R + A_bar R from R = I. The identity's share
-is removed before averaging rows, leaving the relevance that flowed through attention. Label-specific,
-non-negative, not additive: scores are relevance, not probability units.
+is removed before averaging rows (with the pooling weights), leaving the relevance that flowed through
+attention. Label-specific, non-negative, not additive: scores are relevance, not probability units.
 
 Both report relevance as shares: the scores of one explanation add up to 1 over the facts.
 
 Both need attention maps, which the fast attention kernels do not return: a second copy of the network
 with eager attention shares the model's weights (no extra parameter memory) and is built once per model;
 its maps are picked up by a hook into a thread-local slot, so concurrent explanations do not mix.
-
-Relevance is read for the model's mean pooling (every position's final state counts equally).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _ask_attentions(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> tup
 
 def _keep_attentions(module: nn.Module, args: Any, output: Any) -> None:
     _CAPTURED.attentions = getattr(output, "attentions", None)
+    _CAPTURED.states = getattr(output, "last_hidden_state", None)
 
 
 def eager_network(network: nn.Module) -> nn.Module:
@@ -71,22 +72,35 @@ def eager_network(network: nn.Module) -> nn.Module:
     return shadow
 
 
-def attention_maps(inp: ExplainInput, grad: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Probabilities of every label (1, n_labels) and each layer's attention (1, heads, L, L)."""
+def pooling_weights(network: nn.Module, states: torch.Tensor) -> np.ndarray:
+    """How much each position's final state makes up the pooled vector: for max pooling, the share of
+    hidden units whose maximum is at that position; for mean pooling, the same for every position."""
+    length = states.shape[1]
+    if getattr(network, "pooling", "mean") == "max":
+        winners = states[0].detach().argmax(0).numpy()
+        return np.bincount(winners, minlength=length) / len(winners)
+    return np.full(length, 1.0 / length)
+
+
+def attention_maps(
+    inp: ExplainInput, grad: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
+    """Probabilities of every label (1, n_labels), each layer's attention (1, heads, L, L) and the
+    pooling weight of every position."""
     network = eager_network(inp.engine.network)
     ids, mask = inp.tensors()
-    _CAPTURED.attentions = None
+    _CAPTURED.attentions = _CAPTURED.states = None
     with torch.set_grad_enabled(grad):
         probs = torch.sigmoid(network(ids, mask) / inp.engine.model.temperature)
-    maps = _CAPTURED.attentions
-    _CAPTURED.attentions = None
-    if not maps:
+    maps, states = _CAPTURED.attentions, _CAPTURED.states
+    _CAPTURED.attentions = _CAPTURED.states = None
+    if not maps or states is None:
         raise ExplanationError("the model's encoder returned no attention maps")
-    return probs, list(maps)
+    return probs, list(maps), pooling_weights(network, states)
 
 
-def rollout(attentions: Sequence[torch.Tensor]) -> np.ndarray:
-    """Token relevance to the mean-pooled output: rollout columns averaged over rows (sums to 1)."""
+def rollout(attentions: Sequence[torch.Tensor], weights: np.ndarray) -> np.ndarray:
+    """Token relevance to the pooled output: rollout rows averaged with the pooling weights."""
     length = attentions[0].shape[-1]
     eye = torch.eye(length, dtype=torch.float64)
     joint = eye
@@ -94,18 +108,21 @@ def rollout(attentions: Sequence[torch.Tensor]) -> np.ndarray:
         a = 0.5 * layer[0].detach().double().mean(0) + 0.5 * eye
         a = a / a.sum(-1, keepdim=True)
         joint = a @ joint
-    return joint.mean(0).numpy()
+    return weights @ joint.numpy()
 
 
-def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor]) -> np.ndarray:
-    """Chefer et al.'s relevance through attention, averaged over the pooled rows, identity removed."""
+def gradient_rollout(
+    attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], weights: np.ndarray
+) -> np.ndarray:
+    """Chefer et al.'s relevance through attention, rows averaged with the pooling weights, identity
+    removed."""
     length = attentions[0].shape[-1]
     eye = torch.eye(length, dtype=torch.float64)
     relevance = eye
     for a, g in zip(attentions, gradients, strict=True):
         weighted = (g[0].double() * a[0].detach().double()).clamp(min=0).mean(0)
         relevance = relevance + weighted @ relevance
-    return (relevance - eye).mean(0).numpy()
+    return weights @ (relevance - eye).numpy()
 
 
 def normalized(inp: ExplainInput, scores: np.ndarray) -> np.ndarray:
@@ -122,9 +139,9 @@ def normalized(inp: ExplainInput, scores: np.ndarray) -> np.ndarray:
 )
 def attention(inp: ExplainInput, targets: Sequence[Target], settings: Mapping[str, Any]) -> list[Explanation]:
     started = time.perf_counter()
-    probs, maps = attention_maps(inp)
+    probs, maps, weights = attention_maps(inp)
     inp.share_probabilities(probs[0].numpy())
-    scores = normalized(inp, rollout(maps))
+    scores = normalized(inp, rollout(maps, weights))
     per_fact = evidence.fact_scores(inp, scores)
     elapsed = time.perf_counter() - started
     return [
@@ -152,12 +169,12 @@ def attention_gradient(
     inp: ExplainInput, targets: Sequence[Target], settings: Mapping[str, Any]
 ) -> list[Explanation]:
     started = time.perf_counter()
-    probs, maps = attention_maps(inp, grad=True)
+    probs, maps, weights = attention_maps(inp, grad=True)
     inp.share_probabilities(probs[0].detach().numpy())
     all_scores = []
     for i, t in enumerate(targets):  # one forward, one backward per target
         grads = torch.autograd.grad(probs[0, t.label_index], maps, retain_graph=i < len(targets) - 1)
-        all_scores.append(normalized(inp, gradient_rollout(maps, grads)))
+        all_scores.append(normalized(inp, gradient_rollout(maps, grads, weights)))
     elapsed = time.perf_counter() - started
     return [
         evidence.build(

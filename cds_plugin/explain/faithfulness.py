@@ -415,7 +415,11 @@ def _completeness(errors: Sequence[float], steps: Sequence[int]) -> dict[str, An
 
 
 def _bar(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The acceptance bar: IG comprehensiveness@3 at least 3x random's and above rollout's."""
+    """The acceptance bar: IG comprehensiveness@3 at least 3x random's and above rollout's.
+
+    When random removal does not lower the probability on average (random's mean <= 0), the ratio is
+    undefined and so is the verdict (None); the difference to random is reported in every case.
+    """
 
     def mean(method: str) -> float | None:
         return table.get(method, {}).get("comprehensiveness@3", {}).get("mean")
@@ -424,7 +428,8 @@ def _bar(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"ig": ig, "random": rand, "attention": roll}
     if ig is not None and rand is not None:
         out["ratio_to_random"] = ig / rand if rand > 0 else None
-        out["at_least_3x_random"] = bool(rand > 0 and ig >= 3 * rand) or bool(rand <= 0 < ig)
+        out["difference_to_random"] = ig - rand
+        out["at_least_3x_random"] = bool(ig >= 3 * rand) if rand > 0 else None
     if ig is not None and roll is not None:
         out["above_attention"] = ig > roll
     return out
@@ -504,13 +509,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         for name, rows in sanity["methods"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(r, 2) for r in rows) + " |")
     bar = report["bar"]
-    if bar.get("ratio_to_random") is not None:
+    if bar.get("difference_to_random") is not None:
+        ratio = bar.get("ratio_to_random")
+        if ratio is None:
+            versus = f"random's is {bar['random']:.3f}: no ratio, the 3x bar is undefined"
+        else:
+            verdict = "meets" if bar.get("at_least_3x_random") else "misses"
+            versus = f"{ratio:.1f} x random's {bar['random']:.3f}: {verdict} the 3x bar"
         lines += [
             "",
-            f"Bar: integrated gradients comprehensiveness@3 = {bar['ratio_to_random']:.1f} x random's "
-            f"({'meets' if bar.get('at_least_3x_random') else 'misses'} the 3x bar)"
+            f"Bar: integrated gradients comprehensiveness@3 = {bar['ig']:.3f} ({versus})"
             + (
-                f", {'above' if bar.get('above_attention') else 'not above'} attention rollout's."
+                f", {'above' if bar.get('above_attention') else 'not above'} attention rollout's "
+                f"({bar['attention']:.3f})."
                 if "above_attention" in bar
                 else "."
             ),

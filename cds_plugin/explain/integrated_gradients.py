@@ -40,8 +40,8 @@ QUADRATURE = "gausslegendre"
 #: facts barely move (under 0.1 percentage point) has no meaningful relative error.
 DELTA_FLOOR = 1e-3
 DEFAULTS: dict[str, Any] = {
-    "steps": 16,
-    "max_steps": 128,
+    "steps": 64,
+    "max_steps": 256,
     "baseline": "mask",
     "internal_batch_size": 64,
     "recompute_above": 0.05,

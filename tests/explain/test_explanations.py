@@ -16,8 +16,14 @@ from tests.explain.planted import visit_time
 
 
 @pytest.fixture(scope="module")
-def synthea_assessments(synthea_engine, synthea_corpus):
-    return synthea_engine.assess_many(bundle_files(synthea_corpus)[:6])
+def synthea_engine(engine):
+    """The session's tiny model trained on a few Synthea patients (tests/conftest.py)."""
+    return engine
+
+
+@pytest.fixture(scope="module")
+def synthea_assessments(synthea_engine, corpus):
+    return synthea_engine.assess_many(bundle_files(corpus)[:6])
 
 
 def test_methods_are_listed():
