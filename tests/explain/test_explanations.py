@@ -173,3 +173,30 @@ def test_cli_explain(planted_model, planted_corpus, capsys):
     assert "what the model looked at" in out and out.count("Observation/") + out.count("Patient/") >= 1
     assert main(["explain", str(path), "--code", "nope", "--model", str(planted_model)]) == 1
     assert "not a label" in capsys.readouterr().err
+
+
+def test_concurrent_explanations_and_assessments(planted_engine, planted_corpus):
+    """Explanations hook private modules only: assessments and explanations in threads are unaffected."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [(p, visit_time(p)) for p, _ in planted_corpus[:4]]
+    methods = ("integrated_gradients", "attention_gradient", "attention")
+
+    def explain(i: int):
+        path, when = paths[i % len(paths)]
+        e = planted_engine.explain(path, "metformin", method=methods[i % len(methods)], as_of=when)
+        return {ev.reference: ev.score for ev in e.evidence}
+
+    def assess(i: int):
+        path, when = paths[i % len(paths)]
+        return planted_engine.assess(path, as_of=when).find("metformin").probability
+
+    expected = [explain(i) for i in range(6)], [assess(i) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        explained = pool.map(explain, range(6))
+        assessed = pool.map(assess, range(6))
+        got = list(explained), list(assessed)
+    for want, have in zip(expected[0], got[0], strict=True):
+        assert want.keys() == have.keys()
+        assert max(abs(want[r] - have[r]) for r in want) < 1e-6
+    assert np.allclose(expected[1], got[1], atol=1e-6)

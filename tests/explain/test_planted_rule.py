@@ -50,3 +50,14 @@ def test_shap_budget_and_removal(planted_engine, planted_corpus):
         assert sum(ev.score for ev in e.evidence) == pytest.approx(e.f_x - e.f_baseline, abs=1e-6)
     assert padded.evidence[0].reference.endswith(RULES["metformin"][0])
     assert np.isclose(small.f_x, padded.f_x, atol=1e-5)  # both remove nothing from the full input
+
+
+def test_shap_targets_never_mix(planted_engine, planted_corpus):
+    path, _ = planted_corpus[0]
+    when = visit_time(path)
+    together = planted_engine.explain(path, list(RULES), method="shap", max_evals=60, as_of=when)
+    for label, joint in zip(RULES, together, strict=True):
+        alone = planted_engine.explain(path, label, method="shap", max_evals=60, as_of=when)
+        assert [(e.reference, e.score) for e in joint.evidence] == [
+            (e.reference, e.score) for e in alone.evidence
+        ]
