@@ -364,7 +364,8 @@ def evaluate_explanations(
             if ig is not None and ig[j].completeness_error is not None:
                 completeness.append(ig[j].completeness_error)
                 steps_used.append(int(ig[j].settings["steps_used"]))
-        explained.append((case, by_method))
+        if len(explained) < sanity_cases:
+            explained.append((case, by_method))
     if log:
         log(f"explained {len(cases)} patients in {time.perf_counter() - started:.0f} s; randomization check")
     sanity = randomization_check(

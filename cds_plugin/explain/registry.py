@@ -66,7 +66,3 @@ def get(name: str) -> Method:
 def methods() -> list[str]:
     """Names of the registered methods, sorted."""
     return sorted(_METHODS)
-
-
-def describe() -> dict[str, Method]:
-    return dict(sorted(_METHODS.items()))
