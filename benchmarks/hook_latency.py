@@ -4,7 +4,8 @@
 
 Builds the prefetch of the median training patient (every resource the model reads, as searchset
 Bundles), then calls `diagnosis-considerations` through the app (in process, Flask test client, JWT off)
-with `card_explanation_method` = integrated_gradients and = attention_gradient, beside the bare
+with `card_explanation_method` = integrated_gradients and = attention_gradient (probability floor off,
+so the call carries its full 3 cards: the worst case), beside the bare
 `engine.assess` of the same patient, all in one run so the ratios survive machine noise. Prints median
 and p95 milliseconds and the number of cards.
 """
@@ -12,7 +13,6 @@ and p95 milliseconds and the number of cards.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import tempfile
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from cds_plugin.model.dataset import bundle_files
+from cds_plugin.sandbox.fhir_store import FhirStore
 from cds_plugin.settings import Settings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea" / "train"
@@ -39,19 +40,15 @@ KEYS = {
 }
 
 
-def prefetch_of(bundle: dict) -> tuple[str, dict]:
-    found: dict[str, list] = {key: [] for key in KEYS.values()}
-    patient = None
-    for entry in bundle["entry"]:
-        resource = entry["resource"]
-        key = KEYS.get(resource["resourceType"])
-        if key == "patient":
-            patient = resource
-        elif key:
-            found[key].append({"resource": resource})
+def prefetch_of(path: Path) -> tuple[str, dict]:
+    """The prefetch an EHR would send: every resource the model reads, references made relative
+    (`Patient/123`, as a FHIR server answers; the loopback FHIR store rewrites the bundle's urn:uuids)."""
+    store = FhirStore.load(path)
+    (patient,) = store.all("Patient")
     prefetch: dict = {"patient": patient}
-    for key, entries in found.items():
+    for rtype, key in KEYS.items():
         if key != "patient":
+            entries = [{"fullUrl": f"{rtype}/{r['id']}", "resource": r} for r in store.all(rtype)]
             prefetch[key] = {
                 "resourceType": "Bundle",
                 "type": "searchset",
@@ -81,10 +78,7 @@ def main() -> None:
 
     files = sorted(bundle_files(args.data), key=lambda p: p.stat().st_size)
     median = files[len(files) // 2]
-    bundle = json.loads(
-        gzip.decompress(median.read_bytes()) if median.name.endswith(".gz") else median.read_bytes()
-    )
-    patient_id, prefetch = prefetch_of(bundle)
+    patient_id, prefetch = prefetch_of(median)
     body = {
         "hook": "patient-view",
         "hookInstance": "",
@@ -97,7 +91,11 @@ def main() -> None:
     for method in ("integrated_gradients", "attention_gradient"):
         with tempfile.TemporaryDirectory() as data_dir:
             settings = Settings.load(
-                environ={}, data_dir=data_dir, jwt_required=False, card_explanation_method=method
+                environ={},
+                data_dir=data_dir,
+                jwt_required=False,
+                card_explanation_method=method,
+                min_card_probability=0.0,
             )
             client = create_app(settings).test_client()
             engine = considerations.load_engine()
@@ -115,7 +113,7 @@ def main() -> None:
     assess = []
     for _ in range(args.repeat):
         started = time.perf_counter()
-        engine.assess(bundle)
+        engine.assess(median)
         assess.append((time.perf_counter() - started) * 1000)
     print(f"{'engine.assess of the same patient':<53}{stats(assess)}")
 

@@ -97,7 +97,7 @@ class Settings:
     model_path: str = ""  # empty: the default model shipped in the package
     max_cards: int = 3
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
-    card_explanation_method: str = "integrated_gradients"  # on cards; see docs/explanations.md
+    card_explanation_method: str = "attention_gradient"  # on cards; IG follows on the page (docs/cards.md)
     explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept
     link_secret: str = ""  # HMAC key of explanation links; empty: a random one kept in data_dir
     smart_launch_url: str = ""  # when set, cards carry a SMART app link

@@ -58,6 +58,7 @@ def served(tiny_model, tmp_path_factory) -> Iterator[tuple[str, object]]:
         data_dir=str(tmp_path_factory.mktemp("browser")),
         jwt_required=False,
         model_path=str(tiny_model),
+        card_explanation_method="integrated_gradients",  # the page's IG chart straight from the card
         shap_max_evals=60,
     )
     app = create_app(settings)

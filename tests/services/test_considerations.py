@@ -85,3 +85,29 @@ def test_malformed_prefetch_is_400(client):
     }
     resp = client.post("/cds-services/diagnosis-considerations", json=body)
     assert resp.status_code == 400 and resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+def test_cheaper_card_method_then_integrated_gradients_on_the_page(tiny_model, tmp_path):
+    """The default: attention x gradient on the card, integrated gradients added to the page after."""
+    import time
+
+    settings = Settings.load(
+        environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(tiny_model)
+    )
+    assert settings.card_explanation_method == "attention_gradient"
+    app = create_app(settings)
+    resp = app.test_client().post(
+        "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
+    )
+    card = resp.get_json()["cards"][0]
+    assert "attention x gradient rollout" in card["detail"]
+    entry_id = card["links"][0]["url"].split("/explanations/")[1].split("?")[0]
+    store = app.extensions["cds_plugin"].explanation_store
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        payload = store.get(entry_id)["payload"]
+        if "integrated_gradients" in payload["explanations"]:
+            break
+        time.sleep(0.2)
+    assert set(payload["explanations"]) == {"attention_gradient", "integrated_gradients"}
+    assert payload["explanations"]["integrated_gradients"]["completeness_error"] is not None

@@ -114,6 +114,7 @@ def view_app(tiny_model, data_dir):
         data_dir=str(data_dir),
         jwt_required=False,
         model_path=str(tiny_model),
+        card_explanation_method="integrated_gradients",  # the page's IG chart straight from the card
         shap_max_evals=SHAP_BUDGET,
     )
     return create_app(settings)
@@ -256,6 +257,7 @@ def test_frame_ancestors_setting(tiny_model, data_dir):
         data_dir=str(data_dir),
         jwt_required=False,
         model_path=str(tiny_model),
+        card_explanation_method="integrated_gradients",  # the page's IG chart straight from the card
         shap_max_evals=SHAP_BUDGET,
     )
     app = create_app(settings)
@@ -267,6 +269,7 @@ def test_frame_ancestors_setting(tiny_model, data_dir):
         data_dir=str(data_dir),
         jwt_required=False,
         model_path=str(tiny_model),
+        card_explanation_method="integrated_gradients",  # the page's IG chart straight from the card
         shap_max_evals=SHAP_BUDGET,
         view_frame_ancestors="'self'; script-src *",
     )
