@@ -22,7 +22,7 @@ from cds_plugin.errors import CdsPluginError
 from cds_plugin.fhir.linearize import Linearization, Segment, linearize
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
-from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, ConceptKey
+from cds_plugin.model.concepts import DIAGNOSIS, ConceptKey
 from cds_plugin.model.task import (
     EXCLUDED,
     KNOWN,
@@ -263,6 +263,3 @@ def encode_examples(
             )
         )
     return out
-
-
-KINDS = (DIAGNOSIS, TREATMENT)

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cds_plugin.fhir.linearize import linearize
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.artifacts import LoadedModel, ModelLoadError, load_model
 from cds_plugin.model.assessment import Assessment, Consideration
 from cds_plugin.model.concepts import DIAGNOSIS
-from cds_plugin.model.dataset import encode_linearization
+from cds_plugin.model.dataset import encode_record
 from cds_plugin.model.task import documented_concepts
 
 if TYPE_CHECKING:
@@ -65,8 +64,7 @@ class Engine:
         return read_record(source, as_of=as_of)
 
     def encode(self, record: PatientRecord):  # type: ignore[no-untyped-def]
-        lin = linearize(record)
-        return encode_linearization(lin, self.tokenizer, self.model.max_length, self.model.fact_style), lin
+        return encode_record(record, self.tokenizer, self.model.max_length, self.model.fact_style)
 
     # --- predictions --------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from cds_plugin.fhir.record import PatientRecord
-from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, ConceptKey, diagnosis_key, treatment_key
+from cds_plugin.model.concepts import DIAGNOSIS, ConceptKey, diagnosis_key, treatment_key
 
 YEAR = timedelta(days=365)
 
@@ -236,10 +236,8 @@ def make_example(
     )
 
 
-KINDS = (DIAGNOSIS, TREATMENT)
 __all__ = [
     "EXCLUDED",
-    "KINDS",
     "KNOWN",
     "NEGATIVE",
     "POSITIVE_NEW",

@@ -9,7 +9,6 @@ token attributions sum exactly to FHIR resources.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -142,7 +141,3 @@ class FactTokenizer:
             ids[row, : len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
             mask[row, : len(e)] = 1
         return ids, mask
-
-
-def save_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

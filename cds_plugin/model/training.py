@@ -34,7 +34,7 @@ from cds_plugin.model.dataset import (
     split_patients,
 )
 from cds_plugin.model.network import CdsNetwork, MaskedFactModel, NetworkConfig
-from cds_plugin.model.tokenizer import FactTokenizer
+from cds_plugin.model.tokenizer import SPECIAL_TOKENS, FactTokenizer  # specials are our first ids
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,8 @@ def mask_facts(
         if roll < 0.8:
             inputs[start:end] = tokenizer.mask_id
         elif roll < 0.9:
-            inputs[start:end] = torch.randint(len(SPECIAL_OFFSET), tokenizer.vocab_size, (end - start,))
+            inputs[start:end] = torch.randint(len(SPECIAL_TOKENS), tokenizer.vocab_size, (end - start,))
     return inputs, labels
-
-
-SPECIAL_OFFSET = range(5)  # the special tokens are the first ids of our vocabularies
 
 
 def pretrain(
