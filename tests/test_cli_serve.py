@@ -3,64 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(tmp_path, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CDS_PLUGIN_BIND": f"127.0.0.1:{port}",
-        "CDS_PLUGIN_DATA_DIR": str(tmp_path),
-        "CDS_PLUGIN_WORKERS": "2",
-    }
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cds_plugin.cli", "serve", *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()}")
-        try:
-            if requests.get(base + "/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("server did not become ready within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+from tests.helpers.live_server import start_server
 
 
 @pytest.mark.parametrize("dev", [False, True], ids=["gunicorn", "dev"])
 def test_serve_answers_discovery(tmp_path, dev):
-    proc, base = start(tmp_path, *(["--dev"] if dev else []))
+    server = start_server(tmp_path, *(["--dev"] if dev else []))
+    base = server.base
     try:
         assert requests.get(base + "/healthz", timeout=5).json() == {"status": "ok"}
         resp = requests.get(base + "/cds-services", timeout=5)
@@ -69,8 +24,8 @@ def test_serve_answers_discovery(tmp_path, dev):
         call = requests.post(base + "/cds-services/anything", json={}, timeout=5)
         assert call.status_code in (401, 404)
     finally:
-        stop(proc)
-    log = (tmp_path / "server.log").read_text()
+        server.stop()
+    log = server.log()
     if not dev:
         assert "gunicorn" in log.lower() and log.lower().count("booting worker") == 2
     assert (tmp_path / "cds_plugin.sqlite3").exists()
