@@ -8,6 +8,8 @@ migrated when the service starts, under a version number kept in the database it
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,7 +89,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    # Switching a new file to WAL needs an exclusive lock and SQLite answers "locked" at once, without
+    # waiting, while another connection (a worker starting at the same time) does the same: retry.
+    for attempt in range(100):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -116,10 +127,13 @@ class Database:
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the version now in force."""
         with self.engine.begin() as conn:
-            metadata.create_all(conn, tables=[schema_version])
+            # serialize concurrent migrations (workers and replicas starting at once) before the first
+            # look at the schema: otherwise two of them both create the version table and one fails
             if self.dialect == "postgresql":
-                # serialize concurrent migrations of several replicas starting at once
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+            elif self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, held until the commit
+            metadata.create_all(conn, tables=[schema_version])
             row = conn.execute(sa.select(schema_version.c.version).where(schema_version.c.id == 1)).first()
             current = row[0] if row else 0
             if current > SCHEMA_VERSION:
