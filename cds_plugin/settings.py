@@ -81,6 +81,8 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
+    metrics_enabled: bool = True  # Prometheus metrics at /metrics (docs/monitoring.md)
+    metrics_token: str = field(default="", repr=False)  # when set, /metrics needs this bearer token
     # Client trust (JWT)
     jwt_required: bool = True
     trusted_issuers: tuple[TrustedIssuer, ...] = ()

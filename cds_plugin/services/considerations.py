@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+from cds_plugin import metrics
 from cds_plugin.cards.card_builder import build_card
 from cds_plugin.cards.view_data import view_payload
 from cds_plugin.fhir.prefetch import read_prefetch
@@ -97,6 +98,7 @@ def load_engine() -> Any:
                 method=environment().settings.card_explanation_method,
             )
             _engines[path] = engine
+            metrics.model_loaded(engine.version)
             log.info("model %s loaded in %.1f s", engine.version, time.perf_counter() - started)
         return _engines[path]
 
@@ -135,6 +137,8 @@ def _issue_cards(
     settings = env.settings
     method = settings.card_explanation_method
     explanations = engine.explain(assessment, list(items), method=method)
+    for explained in explanations:
+        metrics.explanation(explained.method, explained.completeness_error)
     cards = []
     for consideration, explanation in zip(items, explanations, strict=True):
         card_uuid = new_uuid()
@@ -199,6 +203,7 @@ def _add_integrated_gradients(
 ) -> None:
     try:
         explanation = engine.explain(assessment, consideration, method="integrated_gradients")
+        metrics.explanation(explanation.method, explanation.completeness_error)
         payload["explanations"]["integrated_gradients"] = explanation.to_json()
         environment().explanation_store.update_payload(entry_id, payload)
     except Exception as exc:

@@ -39,3 +39,18 @@ class CardLog:
         with self.db.engine.connect() as conn:
             row = conn.execute(sa.select(issued_cards).where(issued_cards.c.card_uuid == card_uuid)).first()
             return dict(row._mapping) if row else None
+
+    def model_versions(self, card_uuids: list[str], chunk: int = 500) -> dict[str, str | None]:
+        """The model version each known card was issued with, in a few queries (unknown cards absent)."""
+        wanted = sorted(set(card_uuids))
+        found: dict[str, str | None] = {}
+        with self.db.engine.connect() as conn:
+            for start in range(0, len(wanted), chunk):
+                part = wanted[start : start + chunk]
+                rows = conn.execute(
+                    sa.select(issued_cards.c.card_uuid, issued_cards.c.model_version).where(
+                        issued_cards.c.card_uuid.in_(part)
+                    )
+                )
+                found.update({r.card_uuid: r.model_version for r in rows})
+        return found

@@ -20,7 +20,7 @@ from cds_plugin.storage.database import Database
 from cds_plugin.storage.explanation_store import ExplanationStore
 from cds_plugin.storage.feedback_store import FeedbackStore
 from cds_plugin.storage.replay_cache import DatabaseReplayCache
-from cds_plugin.web import cds_services, explanation_view, health, model_card
+from cds_plugin.web import cds_services, explanation_view, health, metrics, model_card
 from cds_plugin.web.cors import install_cors
 from cds_plugin.web.link_tokens import LinkSigner, load_secret
 from cds_plugin.web.operation_outcome import error_response, outcome_response
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, registry: ServiceRegistry | Non
     app.register_blueprint(health.bp)
     app.register_blueprint(cds_services.bp)
     app.register_blueprint(model_card.bp)
+    metrics.install(app)  # /metrics, when metrics_enabled
     explanation_view.install(app)  # before CORS: its security headers run last on its pages
     install_cors(app, settings.cors_origins)
 

@@ -24,6 +24,7 @@ from cds_plugin.hooks.prefetch import resolve_prefetch
 from cds_plugin.hooks.registry import HookCall, Service
 from cds_plugin.hooks.request import CDSRequest
 from cds_plugin.hooks.response import CDSResponse
+from cds_plugin.web import metrics
 from cds_plugin.web.call_log import log_call
 from cds_plugin.web.operation_outcome import error_response, from_validation_error
 from cds_plugin.web.runtime import Runtime
@@ -158,6 +159,7 @@ def call_service(service_id: str) -> Response:
         response.ensure_uuids()
         fields.update(cards=len(response.cards), model_version=hook_call.model_version)
         _record_cards(service, call, response, hook_call.model_version)
+        metrics.cards_issued(service, response, hook_call.model_version)
         status = 200
         return _json(response.to_json())
     except CdsPluginError as exc:
@@ -171,6 +173,7 @@ def call_service(service_id: str) -> Response:
         if status >= 500:
             fields.pop("reason", None)
         log_call(**fields)
+        metrics.hook_call(fields)
 
 
 def _record_cards(
@@ -203,6 +206,7 @@ def feedback(service_id: str) -> Response:
             log.error("feedback not stored, database error: %s", type(exc).__name__)
             raise ServiceUnavailableError("feedback could not be stored; try again later") from exc
         fields.update(items=len(body.feedback), new=added)
+        metrics.feedback_items(service_id, body.feedback, added)
         status = 200
         ack = Response(status=200)
         del ack.headers["Content-Type"]  # an empty acknowledgement, not an HTML page
@@ -215,3 +219,4 @@ def feedback(service_id: str) -> Response:
     finally:
         fields.update(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1))
         log_call(**fields)
+        metrics.feedback_call(fields)

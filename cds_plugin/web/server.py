@@ -3,16 +3,24 @@
 No preload: each worker builds its own app, so heavy objects (the model) load once per worker and no
 torch state is shared across a fork. Each worker uses `torch_threads` threads (default 1): several
 workers each using all cores oversubscribe the CPU and make explanations many times slower.
+
+Metrics: every worker is a process of its own, so prometheus_client runs in multi-process mode. The
+arbiter points PROMETHEUS_MULTIPROC_DIR at an emptied folder before any worker forks (prometheus_client
+reads the variable when first imported, so nothing here imports it before), each worker writes its
+values there and `/metrics` sums them over all workers (cds_plugin.metrics).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from cds_plugin.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not imported from cds_plugin.metrics: see above
 
 
 def _set_worker_threads(n: int) -> None:
@@ -46,6 +54,7 @@ class GunicornServer(BaseApplication):
             "loglevel": s.log_level.lower(),
             "limit_request_line": 8190,
             "post_fork": lambda _server, _worker: _set_worker_threads(s.torch_threads),
+            "child_exit": _child_exit,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -56,5 +65,29 @@ class GunicornServer(BaseApplication):
         return create_app(self.settings)
 
 
+def _child_exit(_server: Any, worker: Any) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        from cds_plugin import metrics  # the variable is set by now: multi-process values
+
+        metrics.worker_exited(worker.pid)
+
+
+def prepare_metrics_dir(settings: Settings) -> str | None:
+    """Before workers fork: an empty folder for the workers' metric files, named by PROMETHEUS_MULTIPROC_DIR.
+
+    The operator's PROMETHEUS_MULTIPROC_DIR (e.g. a tmpfs) is used when set, else `data_dir/metrics`.
+    Files of an earlier run are removed: their processes are gone and Prometheus handles counter resets.
+    """
+    if not settings.metrics_enabled:
+        return None
+    path = Path(os.environ.get(MULTIPROC_ENV) or Path(settings.data_dir) / "metrics").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    return str(path)
+
+
 def serve(settings: Settings) -> None:
+    prepare_metrics_dir(settings)
     GunicornServer(settings).run()
