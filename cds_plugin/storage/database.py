@@ -179,8 +179,10 @@ class Database:
                 except sa.exc.IntegrityError:
                     pass
             return added
-        result = conn.execute(insert(table).values(rows).on_conflict_do_nothing())
-        return result.rowcount or 0
+        # preserve_rowcount: without it psycopg reports -1 for an INSERT (SQLAlchemy only keeps the count
+        # of UPDATE and DELETE), and every row would look like a duplicate
+        stmt = insert(table).values(rows).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        return max(conn.execute(stmt).rowcount, 0)
 
     def dispose(self) -> None:
         self.engine.dispose()

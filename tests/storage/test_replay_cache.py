@@ -1,35 +1,35 @@
-"""The JWT replay cache in the database: a `jti` is accepted once per issuer, by every worker sharing it."""
+"""The JWT replay cache in the database: a `jti` is accepted once per issuer, by every worker sharing it.
+
+Every test runs on SQLite and on PostgreSQL (tests/storage/conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from cds_plugin.settings import Settings
 from cds_plugin.storage.database import Database
 from cds_plugin.storage.replay_cache import DatabaseReplayCache
+from cds_plugin.web.app import create_app
+from tests.helpers.jwt_tokens import KeyPair, bearer, client_claims
+from tests.web.conftest import make_registry, pv_request
 
 ISS = "https://ehr.example.org"
 
 
-def _db(path: Path) -> Database:
-    db = Database(f"sqlite:///{path}")
+def _db(url: str) -> Database:
+    db = Database(url)
     db.migrate()
     return db
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "replay.sqlite3"
-
-
-@pytest.fixture
-def cache(db_path: Path):
-    db = _db(db_path)
-    yield DatabaseReplayCache(db)
-    db.dispose()
+def cache(db: Database) -> DatabaseReplayCache:
+    return DatabaseReplayCache(db)
 
 
 def _later(seconds: float = 300) -> datetime:
@@ -66,9 +66,9 @@ def test_purge_drops_only_expired_entries(cache: DatabaseReplayCache) -> None:
     assert cache.claim(ISS, "alive", _later()) is False
 
 
-def test_shared_between_two_workers_on_one_database(db_path: Path) -> None:
+def test_shared_between_two_workers_on_one_database(database_url: str) -> None:
     """Covers req 192: two workers (two engines on one database file) refuse each other's jti."""
-    db_a, db_b = _db(db_path), _db(db_path)
+    db_a, db_b = _db(database_url), _db(database_url)
     try:
         worker_a, worker_b = DatabaseReplayCache(db_a), DatabaseReplayCache(db_b)
         assert worker_a.claim(ISS, "jti-x", _later()) is True
@@ -80,21 +80,21 @@ def test_shared_between_two_workers_on_one_database(db_path: Path) -> None:
         db_b.dispose()
 
 
-def test_survives_restart(db_path: Path) -> None:
+def test_survives_restart(database_url: str) -> None:
     """Covers req 192: a restart does not reopen the replay window."""
-    db = _db(db_path)
+    db = _db(database_url)
     assert DatabaseReplayCache(db).claim(ISS, "persisted", _later()) is True
     db.dispose()
-    db = _db(db_path)
+    db = _db(database_url)
     try:
         assert DatabaseReplayCache(db).claim(ISS, "persisted", _later()) is False
     finally:
         db.dispose()
 
 
-def test_concurrent_claims_exactly_one_wins(db_path: Path) -> None:
+def test_concurrent_claims_exactly_one_wins(database_url: str) -> None:
     """Covers req 192: of many simultaneous claims of one jti over two engines, exactly one succeeds."""
-    dbs = [_db(db_path), _db(db_path)]
+    dbs = [_db(database_url), _db(database_url)]
     caches = [DatabaseReplayCache(d) for d in dbs]
     results: list[bool] = []
     lock = threading.Lock()
@@ -115,3 +115,32 @@ def test_concurrent_claims_exactly_one_wins(db_path: Path) -> None:
         d.dispose()
     assert len(results) == 16
     assert results.count(True) == 1
+
+
+def test_shared_between_two_replicas(database_url: str, tmp_path: Path) -> None:
+    """Covers req 192: two app instances (replicas, each with its own data dir) on one database: a token
+    accepted by one is refused by the other."""
+    keys = KeyPair.generate("ES384", kid="k1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keys.jwks()))
+    replicas = []
+    for name in ("a", "b"):
+        settings = Settings.load(
+            environ={},
+            data_dir=str(tmp_path / name),
+            database_url=database_url,
+            trusted_issuers=[{"iss": ISS, "jwks_file": str(jwks)}],
+        )
+        replicas.append(create_app(settings, make_registry()))
+    a, b = (app.test_client() for app in replicas)
+    try:
+        url = "http://localhost/cds-services/echo-patient"
+        first = {"Authorization": bearer(keys.sign(client_claims(ISS, url)))}
+        second = {"Authorization": bearer(keys.sign(client_claims(ISS, url)))}
+        assert a.post("/cds-services/echo-patient", json=pv_request(), headers=first).status_code == 200
+        assert b.post("/cds-services/echo-patient", json=pv_request(), headers=first).status_code == 401
+        assert b.post("/cds-services/echo-patient", json=pv_request(), headers=second).status_code == 200
+        assert a.post("/cds-services/echo-patient", json=pv_request(), headers=second).status_code == 401
+    finally:
+        for app in replicas:
+            app.extensions["cds_plugin"].db.dispose()
