@@ -79,6 +79,9 @@ class Settings:
     torch_threads: int = 1
     public_base_url: str = ""  # e.g. https://cds.example.org when behind a proxy; used for `aud` checks
     max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64  # nesting of a request body and of each FHIR server answer (413 above)
+    max_string_bytes: int = 1024 * 1024  # longest single JSON string, keys included (413 above)
+    max_entries: int = 20_000  # FHIR resources in one hook call, request and fetched data together
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     metrics_enabled: bool = True  # Prometheus metrics at /metrics (docs/monitoring.md)
@@ -100,6 +103,8 @@ class Settings:
     max_cards: int = 3
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
     card_explanation_method: str = "attention_gradient"  # on cards; IG follows on the page (docs/cards.md)
+    # integrated gradients queued after responses, per worker; beyond it they are computed when a page opens
+    background_max_pending: int = 4
     explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept
     link_secret: str = ""  # HMAC key of explanation links; empty: a random one kept in data_dir
     smart_launch_url: str = ""  # when set, cards carry a SMART app link
@@ -152,9 +157,21 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("workers", "threads", "timeout_s", "torch_threads", "fhir_max_pages", "max_body_bytes"):
+        for name in (
+            "workers",
+            "threads",
+            "timeout_s",
+            "torch_threads",
+            "fhir_max_pages",
+            "max_body_bytes",
+            "max_json_depth",
+            "max_string_bytes",
+            "max_entries",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}: must be at least 1")
+        if self.background_max_pending < 0:
+            raise SettingsError(f"{ENV_PREFIX}BACKGROUND_MAX_PENDING: must be 0 or more")
         if self.fhir_fetch_budget_s <= 0:
             raise SettingsError(f"{ENV_PREFIX}FHIR_FETCH_BUDGET_S: must be positive")
         if ":" not in self.bind and not self.bind.startswith("unix:"):

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -29,6 +28,7 @@ from cds_plugin.hooks.registry import HookCall, ServiceRegistry, default_registr
 from cds_plugin.hooks.response import CDSResponse
 from cds_plugin.model.assessment import Assessment, Consideration
 from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, treatment_key
+from cds_plugin.services.background import BackgroundQueue
 from cds_plugin.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,15 @@ class ServiceEnvironment:
 _env: ServiceEnvironment | None = None
 _engines: dict[str, Any] = {}
 _engine_lock = threading.Lock()
-_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain-after")
+#: Integrated gradients after the response: low priority, bounded (cds_plugin.services.background).
+_background = BackgroundQueue(max_pending=4, name="explain-after", on_outcome=metrics.background_explanation)
 
 
 def configure(environment: ServiceEnvironment) -> None:
     """Called by the app factory before the services load."""
     global _env
     _env = environment
+    _background.max_pending = environment.settings.background_max_pending
 
 
 def environment() -> ServiceEnvironment:
@@ -193,21 +195,32 @@ def _store_view(
         log.warning("explanation page not stored: %s", type(exc).__name__)
         return None
     if "integrated_gradients" not in explanations:
-        _background.submit(_add_integrated_gradients, engine, assessment, consideration, entry_id, payload)
+        _background.submit(
+            _add_integrated_gradients,
+            engine,
+            assessment,
+            consideration,
+            env.explanation_store,
+            entry_id,
+            payload,
+        )
     token = env.link_signer.sign(entry_id, expires.replace(tzinfo=expires.tzinfo or UTC).timestamp())
     return f"{call.base_url.rstrip('/')}/explanations/{entry_id}?token={token}"
 
 
 def _add_integrated_gradients(
-    engine: Any, assessment: Assessment, consideration: Consideration, entry_id: str, payload: dict
+    engine: Any,
+    assessment: Assessment,
+    consideration: Consideration,
+    store: Any,
+    entry_id: str,
+    payload: dict,
 ) -> None:
-    try:
-        explanation = engine.explain(assessment, consideration, method="integrated_gradients")
-        metrics.explanation(explanation.method, explanation.completeness_error)
-        payload["explanations"]["integrated_gradients"] = explanation.to_json()
-        environment().explanation_store.update_payload(entry_id, payload)
-    except Exception as exc:
-        log.warning("integrated gradients after the response failed: %s", type(exc).__name__)
+    # failures are counted and logged (type only) by the queue; the page computes what is missing
+    explanation = engine.explain(assessment, consideration, method="integrated_gradients")
+    metrics.explanation(explanation.method, explanation.completeness_error)
+    payload["explanations"]["integrated_gradients"] = explanation.to_json()
+    store.update_payload(entry_id, payload)
 
 
 def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) -> list[Consideration]:

@@ -500,7 +500,7 @@ def _columns(
             rows=rows_of(ig, facts, SIDE_ROWS),
             completeness=_completeness(ig),
             available=ig is not None,
-            note="" if ig else "Still being computed after the card was issued; reload in a moment.",
+            note="" if ig else why_not or "Integrated gradients could not be computed for this suggestion.",
         )
     ]
     attention: dict[str, Any] | None = None
@@ -582,8 +582,27 @@ def _previous_feedback(card_uuid: str) -> list[dict[str, Any]]:
     ]
 
 
+def _complete_integrated_gradients(entry_id: str, payload: dict[str, Any], engine: Any | None) -> None:
+    """Integrated gradients not yet on the page (the after-response queue was busy, or still at it):
+    compute them now, about a second, and keep them with the page."""
+    explanations = payload.setdefault("explanations", {})
+    if engine is None or "integrated_gradients" in explanations:
+        return
+    try:
+        explanations["integrated_gradients"] = _explain(engine, payload, "integrated_gradients")
+    except Exception as exc:
+        log.warning("integrated gradients on opening the page failed: %s", type(exc).__name__)
+        return
+    try:
+        _runtime().explanation_store.update_payload(entry_id, payload)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("integrated gradients not stored with the page: %s", type(exc).__name__)
+
+
 def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_error: str = "") -> Response:
     payload = row["payload"]
+    engine, why_not = _engine_for(payload)
+    _complete_integrated_gradients(row["id"], payload, engine)
     facts = Facts(payload)
     consideration = _consideration(payload)
     explanations = payload.get("explanations", {})
@@ -591,7 +610,6 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
     primary_name = primary_name or next(iter(explanations), None)
     primary = explanations.get(primary_name) if primary_name else None
     chart_rows = rows_of(primary, facts, CHART_ROWS)
-    engine, why_not = _engine_for(payload)
     suggestions = _card_suggestions(payload["card_uuid"])
     evidence_for_rationale = [EvidenceRow(r.reference, r.what, r.value, r.date, r.score) for r in chart_rows]
     unusual_draft = consideration.probability < consideration.threshold

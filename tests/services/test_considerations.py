@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from cds_plugin.sandbox.validator import has_errors, validate_response
+from cds_plugin.services import considerations
 from cds_plugin.settings import Settings
 from cds_plugin.web.app import create_app
 
@@ -96,6 +98,7 @@ def test_cheaper_card_method_then_integrated_gradients_on_the_page(tiny_model, t
     )
     assert settings.card_explanation_method == "attention_gradient"
     app = create_app(settings)
+    assert considerations._background.wait_idle(120)  # earlier tests' jobs out of the way (bounded queue)
     resp = app.test_client().post(
         "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
     )
@@ -111,3 +114,32 @@ def test_cheaper_card_method_then_integrated_gradients_on_the_page(tiny_model, t
         time.sleep(0.2)
     assert set(payload["explanations"]) == {"attention_gradient", "integrated_gradients"}
     assert payload["explanations"]["integrated_gradients"]["completeness_error"] is not None
+
+
+def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_opens(tiny_model, tmp_path):
+    """With the after-response queue off (as when it is full), opening the page computes them and keeps
+    them with the page."""
+    settings = Settings.load(
+        environ={},
+        data_dir=str(tmp_path),
+        jwt_required=False,
+        model_path=str(tiny_model),
+        background_max_pending=0,
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    resp = client.post(
+        "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
+    )
+    url = resp.get_json()["cards"][0]["links"][0]["url"]
+    entry_id = url.split("/explanations/")[1].split("?")[0]
+    store = app.extensions["cds_plugin"].explanation_store
+    assert set(store.get(entry_id)["payload"]["explanations"]) == {"attention_gradient"}
+    parts = urlsplit(url)
+    page = client.get(f"{parts.path}?{parts.query}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "Integrated gradients could not be computed" not in html
+    explanations = store.get(entry_id)["payload"]["explanations"]
+    assert set(explanations) == {"attention_gradient", "integrated_gradients"}
+    assert explanations["integrated_gradients"]["completeness_error"] is not None
