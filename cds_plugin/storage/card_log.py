@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from cds_plugin.hooks.response import CDSResponse
-from cds_plugin.storage.database import Database, issued_cards
+from cds_plugin.storage.database import Database, fit, issued_cards
 
 
 class CardLog:
@@ -24,7 +24,7 @@ class CardLog:
                 "card_uuid": card.uuid,
                 "service_id": service_id,
                 "hook": hook,
-                "hook_instance": hook_instance,
+                "hook_instance": fit(issued_cards.c.hook_instance, hook_instance),
                 "issued_at": now,
                 "model_version": model_version,
                 "suggestion_uuids": [s.uuid for s in card.suggestions or [] if s.uuid],

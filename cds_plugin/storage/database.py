@@ -87,6 +87,20 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def fit(column: sa.Column, value: str | None) -> str | None:
+    """A client-supplied string as both backends can store it: NUL characters (which PostgreSQL refuses in
+    text) replaced by U+FFFD, cut to the column's length (which PostgreSQL enforces and SQLite does not).
+
+    Without this a well-formed request would be stored on SQLite but fail on PostgreSQL with a 503 that
+    no retry can cure.
+    """
+    if value is None:
+        return None
+    value = value.replace("\x00", "\ufffd")
+    length = getattr(column.type, "length", None)
+    return value[:length] if length else value
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     # Switching a new file to WAL needs an exclusive lock and SQLite answers "locked" at once, without

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cds_plugin.storage.database import Database, explanations
+from cds_plugin.storage.database import Database, explanations, fit
 
 
 class ExplanationStore:
@@ -32,7 +32,7 @@ class ExplanationStore:
                     id=entry_id,
                     card_uuid=card_uuid,
                     service_id=service_id,
-                    hook_instance=hook_instance,
+                    hook_instance=fit(explanations.c.hook_instance, hook_instance),
                     created_at=now,
                     expires_at=expires,
                     payload=payload,

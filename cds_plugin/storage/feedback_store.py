@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from cds_plugin.hooks.feedback import FeedbackItem
-from cds_plugin.storage.database import Database, feedback
+from cds_plugin.storage.database import Database, feedback, fit
 
 
 def fingerprint(service_id: str, item: FeedbackItem) -> str:
@@ -27,22 +27,28 @@ class FeedbackStore:
         now = datetime.now(UTC)
         rows = []
         seen: set[str] = set()
+        c = feedback.c
         for item in items:
             fp = fingerprint(service_id, item)
             if fp in seen:
                 continue
             seen.add(fp)
             reason = item.overrideReason
+            coding = reason.reason if reason else None
             rows.append(
                 {
                     "fingerprint": fp,
                     "service_id": service_id,
-                    "card_uuid": item.card,
+                    "card_uuid": fit(c.card_uuid, item.card),
                     "outcome": item.outcome,
                     "accepted_suggestions": [s.id for s in item.acceptedSuggestions or []],
-                    "override_reason_system": reason.reason.system if reason and reason.reason else None,
-                    "override_reason_code": reason.reason.code if reason and reason.reason else None,
-                    "override_user_comment": reason.userComment if reason else None,
+                    "override_reason_system": fit(
+                        c.override_reason_system, coding.system if coding else None
+                    ),
+                    "override_reason_code": fit(c.override_reason_code, coding.code if coding else None),
+                    "override_user_comment": fit(
+                        c.override_user_comment, reason.userComment if reason else None
+                    ),
                     "outcome_timestamp": item.timestamp.astimezone(UTC),
                     "received_at": now,
                 }
