@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from cds_plugin.settings import Settings
 from cds_plugin.storage.database import feedback, issued_cards
+from tests.helpers.databases import database_url  # noqa: F401  (a fixture)
 from tests.web.conftest import pv_request
 
 TS = "2026-11-29T10:00:00Z"
+
+
+@pytest.fixture
+def settings(tmp_path, database_url):  # noqa: F811
+    """Every test here runs with the feedback in SQLite and in PostgreSQL (tests/helpers/databases.py)."""
+    return Settings.load(environ={}, data_dir=str(tmp_path), database_url=database_url, jwt_required=False)
 
 
 def item(**overrides):
