@@ -73,7 +73,7 @@ def test_no_token_on_allow_listed_server(tmp_path, fhir):
 
 def faulty_registry() -> ServiceRegistry:
     registry = ServiceRegistry()
-    for kind in ("Broken", "Unauthorized", "Malformed", "Slow", "NotFhir", "Elsewhere"):
+    for kind in ("Broken", "Unauthorized", "Malformed", "Slow", "NotFhir", "Elsewhere", "Endless"):
         registry.service(
             f"needs-{kind.lower()}",
             hook="patient-view",
@@ -97,6 +97,40 @@ def test_unusable_fhir_server_answer_is_412_within_budget(tmp_path, fhir, kind):
     issue = resp.get_json()["issue"][0]
     assert issue["expression"] == ["prefetch.data"]
     assert "wrong" not in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("max_pages", "status"), [(5, 200), (100_000, 412)])
+def test_endless_paging_is_cut_at_the_page_cap_or_the_budget(tmp_path, fhir, max_pages, status):
+    """The documented answers (docs/operations.md, failures): pages beyond the cap are left out; a server
+    still paging when the time budget runs out is a 412, within the budget."""
+    settings = Settings.load(
+        environ={},
+        data_dir=str(tmp_path),
+        jwt_required=False,
+        fhir_fetch_budget_s=1.0,
+        fhir_max_pages=max_pages,
+    )
+    client = create_app(settings, faulty_registry()).test_client()
+    body = pv_request(fhirServer=fhir.base_url, fhirAuthorization=AUTH, prefetch={})
+    started = time.monotonic()
+    resp = client.post("/cds-services/needs-endless", json=body)
+    assert time.monotonic() - started < 2.0
+    assert resp.status_code == status
+    if status == 412:
+        assert resp.get_json()["issue"][0]["expression"] == ["prefetch.data"]
+
+
+def test_fhir_server_down_is_412_at_once(tmp_path):
+    from tests.helpers.live_server import free_port
+
+    settings = Settings.load(environ={}, data_dir=str(tmp_path), jwt_required=False, fhir_fetch_budget_s=5.0)
+    client = create_app(settings, faulty_registry()).test_client()
+    body = pv_request(fhirServer=f"http://127.0.0.1:{free_port()}/fhir", fhirAuthorization=AUTH, prefetch={})
+    started = time.monotonic()
+    resp = client.post("/cds-services/needs-broken", json=body)
+    assert time.monotonic() - started < 2.0  # connection refused: no need to wait for the budget
+    assert resp.status_code == 412
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
 
 
 def test_missing_resource_is_no_data_not_an_error(tmp_path, fhir):
