@@ -3,6 +3,8 @@
 Every query of a call runs in parallel; searches follow `Bundle.link[next]` up to a page cap, and only
 to the same server (the access token never leaves for another origin). The access token lives only in
 this object for the duration of one call: never stored, never logged, never in an error message.
+Each answer is held to the request limits (`request_limits`: size, nesting, string length, and the
+call's FHIR resource count, shared with the request); a breach fails that query like any other fault.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+
+from cds_plugin.errors import InputLimitError
+from cds_plugin.hooks.request_limits import RequestLimits, ResourceCounter, check_json
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,8 @@ class FhirFetcher:
         max_pages: int = 10,
         max_bytes: int = 16 * 1024 * 1024,
         session: requests.Session | None = None,
+        limits: RequestLimits | None = None,
+        counter: ResourceCounter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self._token = access_token
@@ -78,6 +85,9 @@ class FhirFetcher:
         self.max_bytes = max_bytes
         self.session = session or requests.Session()
         self.truncated: set[str] = set()
+        #: Each answer is held to the request limits; `counter` shares max_entries with the request.
+        self.limits = counter.limits if counter is not None else (limits or RequestLimits())
+        self.counter = counter or ResourceCounter(self.limits)
 
     def __repr__(self) -> str:
         return f"FhirFetcher(base_url={self.base_url!r})"
@@ -171,8 +181,16 @@ class FhirFetcher:
             raise FetchError(f"FHIR server unreachable ({type(exc).__name__})") from exc
         try:
             data = json.loads(body)
+        except RecursionError as exc:
+            raise FetchError(
+                f"FHIR server's answer: JSON nested deeper than {self.limits.max_depth} levels"
+            ) from exc
         except ValueError as exc:
             raise FetchError("FHIR server's answer is not JSON") from exc
+        try:
+            check_json(data, self.limits, label="FHIR server's answer", counter=self.counter)
+        except InputLimitError as exc:
+            raise FetchError(exc.message) from exc
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FetchError("FHIR server's answer is not a FHIR resource")
         if data["resourceType"] == "OperationOutcome":

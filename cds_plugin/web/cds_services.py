@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from cds_plugin.errors import (
     CdsPluginError,
+    InputLimitError,
     NotFoundError,
     RequestValidationError,
     ServiceUnavailableError,
@@ -23,6 +24,7 @@ from cds_plugin.hooks.fhir_client import FhirFetcher, secure_enough
 from cds_plugin.hooks.prefetch import resolve_prefetch
 from cds_plugin.hooks.registry import HookCall, Service
 from cds_plugin.hooks.request import CDSRequest
+from cds_plugin.hooks.request_limits import RequestLimits, ResourceCounter, check_json
 from cds_plugin.hooks.response import CDSResponse
 from cds_plugin.web import metrics
 from cds_plugin.web.call_log import log_call
@@ -69,14 +71,26 @@ def _authenticate() -> None:
     trust.verify(request.headers.get("Authorization"), _audience())
 
 
-def _body() -> dict[str, Any]:
+def _limits() -> RequestLimits:
+    settings = _runtime().settings
+    return RequestLimits(settings.max_json_depth, settings.max_string_bytes, settings.max_entries)
+
+
+def _body(counter: ResourceCounter | None = None) -> dict[str, Any]:
+    """The parsed JSON object, held to the request limits (depth, string length, FHIR resources)."""
     raw = request.get_data(cache=False)
     if not raw:
         raise RequestValidationError("the request body is empty; expected a JSON object", code="required")
+    limits = counter.limits if counter is not None else _limits()
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise InputLimitError(
+            f"request body: JSON nested deeper than {limits.max_depth} levels", expression="$"
+        ) from exc
+    except ValueError as exc:
         raise RequestValidationError("the request body is not valid JSON", code="structure") from exc
+    check_json(body, limits, counter=counter)
     if not isinstance(body, dict):
         raise RequestValidationError("the request body must be a JSON object", code="structure")
     return body
@@ -107,7 +121,7 @@ def _parse_call(service_id: str, body: dict[str, Any]) -> tuple[Service, CDSRequ
     return service, call, context
 
 
-def _fetcher(call: CDSRequest) -> FhirFetcher | None:
+def _fetcher(call: CDSRequest, counter: ResourceCounter | None = None) -> FhirFetcher | None:
     """A fetcher for the client's FHIR server: with its token, or without one only if allow-listed."""
     if not call.fhirServer:
         return None
@@ -129,6 +143,8 @@ def _fetcher(call: CDSRequest) -> FhirFetcher | None:
         max_pages=settings.fhir_max_pages,
         max_bytes=settings.max_body_bytes,
         session=_runtime().http,
+        limits=counter.limits if counter is not None else _limits(),
+        counter=counter,
     )
 
 
@@ -140,10 +156,11 @@ def call_service(service_id: str) -> Response:
     try:
         _service(service_id)
         _authenticate()
-        service, call, context = _parse_call(service_id, _body())
+        counter = ResourceCounter(_limits())  # the request and fetched data share max_entries
+        service, call, context = _parse_call(service_id, _body(counter))
         fields.update(hook=service.hook, hookInstance=call.hookInstance)
         resolved = resolve_prefetch(
-            service.prefetch, service.required_prefetch, call.prefetch, call.context, _fetcher(call)
+            service.prefetch, service.required_prefetch, call.prefetch, call.context, _fetcher(call, counter)
         )
         hook_call = HookCall(
             service=service,
