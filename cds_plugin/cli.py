@@ -12,13 +12,20 @@ from pathlib import Path
 from cds_plugin import __version__
 from cds_plugin.settings import Settings, SettingsError
 
+#: Loggers that follow CDS_PLUGIN_LOG_LEVEL; every other library logs warnings and errors only: at
+#: DEBUG, urllib3 logs each request line (patient ids in FHIR queries) and numba floods the log.
+OWN_LOGGERS = ("cds_plugin", "gunicorn.error", "werkzeug")
+
 
 def _configure_logging(level: str) -> None:
+    chosen = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=max(chosen, logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(chosen)
 
 
 class _RedactTokens(logging.Filter):

@@ -181,7 +181,10 @@ def call_service(service_id: str) -> Response:
         return _json(response.to_json())
     except CdsPluginError as exc:
         status = exc.status
-        fields["reason"] = exc.message if status != 401 else "client authentication failed"
+        # the issue code and the element, never the message: messages name resources and quote values
+        fields["reason"] = exc.code if status != 401 else "client authentication failed"
+        if exc.expression and status != 401:
+            fields["expression"] = exc.expression
         if isinstance(exc, UnauthorizedError):
             log.info("refused client: %s", exc.message)
         return error_response(exc)
