@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -43,9 +43,12 @@ class FeedbackItem(WireModel):
         if not RFC3339.match(value):
             raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-01-31T10:00:00Z")
         try:
-            datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+            # stored in UTC: an instant that has no UTC date-time (year 1 or 9999 with an offset) is refused
+            datetime.fromisoformat(value.replace("z", "Z").replace("t", "T")).astimezone(UTC)
         except ValueError as exc:
             raise ValueError(f"not a valid date-time: {exc}") from exc
+        except OverflowError as exc:
+            raise ValueError("not a date-time that can be expressed in UTC") from exc
         return value
 
     @model_validator(mode="after")

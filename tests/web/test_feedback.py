@@ -85,6 +85,8 @@ def test_override_with_reason_and_comment(app, client):
         (item(outcomeTimestamp="2026-11-29 10:00"), "feedback.0.outcomeTimestamp"),
         (item(outcomeTimestamp="2026-11-29T10:00:00"), "feedback.0.outcomeTimestamp"),  # no offset
         (item(outcomeTimestamp="2026-13-45T10:00:00Z"), "feedback.0.outcomeTimestamp"),
+        (item(outcomeTimestamp="9999-12-31T23:59:59-05:00"), "feedback.0.outcomeTimestamp"),  # no UTC
+        (item(outcomeTimestamp="0001-01-01T00:00:00+05:00"), "feedback.0.outcomeTimestamp"),
         (
             {"outcome": "accepted", "acceptedSuggestions": [{"id": "s"}], "outcomeTimestamp": TS},
             "feedback.0.card",
