@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
 from cds_plugin.hooks.wire import WireModel
 
@@ -35,8 +35,31 @@ def _task(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Bundle = Annotated[dict[str, Any], AfterValidator(_bundle)]
-Task = Annotated[dict[str, Any], AfterValidator(_task)]
+def _resource_schema(resource_type: str, **properties: Any) -> WithJsonSchema:
+    """The JSON Schema published for a resource-valued field (/openapi.json): what the validator checks."""
+    return WithJsonSchema(
+        {
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": {"resourceType": {"const": resource_type}, **properties},
+            "additionalProperties": True,
+        }
+    )
+
+
+_ENTRY = {
+    "type": "object",
+    "properties": {
+        "resource": {"type": "object", "required": ["resourceType"], "additionalProperties": True}
+    },
+    "additionalProperties": True,
+}
+Bundle = Annotated[
+    dict[str, Any],
+    AfterValidator(_bundle),
+    _resource_schema("Bundle", entry={"type": "array", "items": _ENTRY}),
+]
+Task = Annotated[dict[str, Any], AfterValidator(_task), _resource_schema("Task")]
 
 
 def _user_of(*types: str):  # type: ignore[no-untyped-def]
@@ -45,7 +68,8 @@ def _user_of(*types: str):  # type: ignore[no-untyped-def]
             raise ValueError(f"must reference one of {', '.join(types)}")
         return value
 
-    return AfterValidator(check)
+    schema = {"type": "string", "pattern": rf"^({'|'.join(types)})/[A-Za-z0-9_\-.]{{1,64}}$"}
+    return Annotated[LocalReference, AfterValidator(check), WithJsonSchema(schema)]
 
 
 class HookContext(WireModel):
@@ -56,18 +80,20 @@ class HookContext(WireModel):
 
 _CLINICIAN = ("Practitioner", "PractitionerRole")
 _ANY_USER = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
+ClinicianReference = _user_of(*_CLINICIAN)
+UserReference = _user_of(*_ANY_USER)
 
 
 class PatientViewContext(HookContext):
     PRIMITIVE_FIELDS: ClassVar[frozenset[str]] = frozenset({"userId", "patientId", "encounterId"})
-    userId: Annotated[LocalReference, _user_of(*_ANY_USER)]
+    userId: UserReference
     patientId: FhirId
     encounterId: FhirId | None = None
 
 
 class OrderSelectContext(HookContext):
     PRIMITIVE_FIELDS: ClassVar[frozenset[str]] = frozenset({"userId", "patientId", "encounterId"})
-    userId: Annotated[LocalReference, _user_of(*_CLINICIAN)]
+    userId: ClinicianReference
     patientId: FhirId
     encounterId: FhirId | None = None
     selections: list[LocalReference] = Field(min_length=1)
@@ -76,7 +102,7 @@ class OrderSelectContext(HookContext):
 
 class OrderSignContext(HookContext):
     PRIMITIVE_FIELDS: ClassVar[frozenset[str]] = frozenset({"userId", "patientId", "encounterId"})
-    userId: Annotated[LocalReference, _user_of(*_CLINICIAN)]
+    userId: ClinicianReference
     patientId: FhirId
     encounterId: FhirId | None = None
     draftOrders: Bundle
@@ -92,7 +118,7 @@ class OrderDispatchContext(HookContext):
 
 class EncounterStartContext(HookContext):
     PRIMITIVE_FIELDS: ClassVar[frozenset[str]] = frozenset({"userId", "patientId", "encounterId"})
-    userId: Annotated[LocalReference, _user_of(*_CLINICIAN)]
+    userId: ClinicianReference
     patientId: FhirId
     encounterId: FhirId
 
@@ -103,7 +129,7 @@ class EncounterDischargeContext(EncounterStartContext):
 
 class AppointmentBookContext(HookContext):
     PRIMITIVE_FIELDS: ClassVar[frozenset[str]] = frozenset({"userId", "patientId", "encounterId"})
-    userId: Annotated[LocalReference, _user_of(*_ANY_USER)]
+    userId: UserReference
     patientId: FhirId
     encounterId: FhirId | None = None
     appointments: Bundle

@@ -23,6 +23,7 @@ from cds_plugin.storage.replay_cache import DatabaseReplayCache
 from cds_plugin.web import cds_services, explanation_view, health, metrics, model_card
 from cds_plugin.web.cors import install_cors
 from cds_plugin.web.link_tokens import LinkSigner, load_secret
+from cds_plugin.web.openapi import bp as openapi_bp
 from cds_plugin.web.operation_outcome import error_response, outcome_response
 from cds_plugin.web.runtime import Runtime
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, registry: ServiceRegistry | Non
     app.register_blueprint(health.bp)
     app.register_blueprint(cds_services.bp)
     app.register_blueprint(model_card.bp)
+    app.register_blueprint(openapi_bp)  # /openapi.json
     metrics.install(app)  # /metrics, when metrics_enabled
     explanation_view.install(app)  # before CORS: its security headers run last on its pages
     install_cors(app, settings.cors_origins)
