@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 
@@ -106,6 +107,8 @@ def test_json_round_trip(synthea_engine, synthea_assessments, tmp_path):
     e.save(path)
     back = X.Explanation.load(path)
     assert back == e
+    assert e.to_json() == dataclasses.asdict(e)  # the hand-built JSON form is exactly asdict's
+    assert e.to_json()["settings"] is not e.settings  # a copy: editing the JSON leaves e alone
     data = json.loads(path.read_text())
     assert data["format_version"] == X.FORMAT_VERSION
     assert data["model_version"] == synthea_engine.version
