@@ -173,10 +173,11 @@ def test_no_patient_data_in_the_exposition(client):
         assert secret not in text
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_counts_are_summed_over_gunicorn_workers(tmp_path):
     """A real server with two workers: whichever worker answers each call or scrape, the sums are exact."""
-    server = start_server(tmp_path, env={"CDS_PLUGIN_JWT_REQUIRED": "false"}, workers=2)
+    # generous start-up limit: two workers load the real model, slow on a busy machine
+    server = start_server(tmp_path, env={"CDS_PLUGIN_JWT_REQUIRED": "false"}, workers=2, ready_s=180)
     try:
 
         def calls(i: int) -> int:
