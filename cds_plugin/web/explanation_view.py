@@ -37,6 +37,7 @@ from flask import (
 )
 from pydantic import ValidationError
 
+from cds_plugin import metrics
 from cds_plugin.cards.card_builder import OVERRIDE_REASONS, OVERRIDE_SYSTEM, EvidenceRow, rationale
 from cds_plugin.cards.view_data import linearization_from_payload
 from cds_plugin.hooks.feedback import FeedbackItem
@@ -589,10 +590,12 @@ def _complete_integrated_gradients(entry_id: str, payload: dict[str, Any], engin
     if engine is None or "integrated_gradients" in explanations:
         return
     try:
-        explanations["integrated_gradients"] = _explain(engine, payload, "integrated_gradients")
+        result = _explain(engine, payload, "integrated_gradients")
     except Exception as exc:
         log.warning("integrated gradients on opening the page failed: %s", type(exc).__name__)
         return
+    metrics.explanation("integrated_gradients", result.get("completeness_error"))
+    explanations["integrated_gradients"] = result
     try:
         _runtime().explanation_store.update_payload(entry_id, payload)
     except sa.exc.SQLAlchemyError as exc:
@@ -688,6 +691,7 @@ def shap(entry_id: str) -> Response | tuple[Response, int]:
         return jsonify(error="SHAP could not be computed for this suggestion."), 500
     finally:
         _shap_slot.release()
+    metrics.explanation("shap", result.get("completeness_error"))
     store = _runtime().explanation_store
     fresh = store.get(entry_id)  # re-read: integrated gradients may have been added meanwhile
     if fresh is not None and isinstance(fresh.get("payload"), dict):

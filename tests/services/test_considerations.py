@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from cds_plugin import metrics
 from cds_plugin.sandbox.validator import has_errors, validate_response
 from cds_plugin.services import considerations
 from cds_plugin.settings import Settings
@@ -128,10 +129,18 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
     )
     app = create_app(settings)
     client = app.test_client()
+
+    def count(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    skipped = count("cds_plugin_background_explanations_total", outcome="skipped")
+    computed = count("cds_plugin_explanations_total", method="integrated_gradients")
     resp = client.post(
         "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
     )
-    url = resp.get_json()["cards"][0]["links"][0]["url"]
+    cards = resp.get_json()["cards"]
+    assert count("cds_plugin_background_explanations_total", outcome="skipped") == skipped + len(cards)
+    url = cards[0]["links"][0]["url"]
     entry_id = url.split("/explanations/")[1].split("?")[0]
     store = app.extensions["cds_plugin"].explanation_store
     assert set(store.get(entry_id)["payload"]["explanations"]) == {"attention_gradient"}
@@ -143,3 +152,4 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
     explanations = store.get(entry_id)["payload"]["explanations"]
     assert set(explanations) == {"attention_gradient", "integrated_gradients"}
     assert explanations["integrated_gradients"]["completeness_error"] is not None
+    assert count("cds_plugin_explanations_total", method="integrated_gradients") == computed + 1
