@@ -144,3 +144,45 @@ def test_shared_between_two_replicas(database_url: str, tmp_path: Path) -> None:
     finally:
         for app in replicas:
             app.extensions["cds_plugin"].db.dispose()
+
+
+def _break(db: Database, tmp_path: Path) -> None:
+    """The database goes away: every statement now fails with an SQLAlchemy OperationalError."""
+    import sqlalchemy as sa
+
+    db.engine.dispose()
+    db.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing-dir/x.sqlite3")
+
+
+def test_database_down_falls_back_to_this_process(tmp_path: Path, caplog) -> None:
+    """Hook calls keep being answered while the database is down; a replay to the same worker is still
+    refused, and the database is used again once it is back."""
+    db = _db(f"sqlite:///{tmp_path}/replay.sqlite3")
+    cache = DatabaseReplayCache(db)
+    working = db.engine
+    _break(db, tmp_path)
+    assert cache.claim(ISS, "during", _later()) is True
+    assert cache.degraded and "database unavailable" in caplog.text
+    assert cache.claim(ISS, "during", _later()) is False
+    db.engine = working  # back
+    assert cache.claim(ISS, "after", _later()) is True and not cache.degraded
+    assert cache.claim(ISS, "after", _later()) is False
+    assert cache.claim(ISS, "during", _later()) is False  # still remembered here until it expires
+    db.dispose()
+
+
+def test_hook_calls_answer_with_jwt_while_the_database_is_down(tmp_path: Path) -> None:
+    keys = KeyPair.generate("ES384", kid="k1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keys.jwks()))
+    settings = Settings.load(
+        environ={}, data_dir=str(tmp_path / "d"), trusted_issuers=[{"iss": ISS, "jwks_file": str(jwks)}]
+    )
+    app = create_app(settings, make_registry())
+    _break(app.extensions["cds_plugin"].db, tmp_path)
+    client = app.test_client()
+    url = "http://localhost/cds-services/echo-patient"
+    token = {"Authorization": bearer(keys.sign(client_claims(ISS, url)))}
+    assert client.post("/cds-services/echo-patient", json=pv_request(), headers=token).status_code == 200
+    replayed = client.post("/cds-services/echo-patient", json=pv_request(), headers=token)
+    assert replayed.status_code == 401 and replayed.get_data() == b""
