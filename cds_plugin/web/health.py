@@ -15,10 +15,16 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: the database answers and every registered service has loaded what it needs."""
+    """Ready when every registered service has loaded what it needs (the model).
+
+    A database outage makes the answer "degraded", still 200: the service answers hook calls without its
+    database (no card log, no explanation links, feedback 503), and a load balancer that took every
+    replica out of rotation because their shared database failed would stop all cards at once.
+    """
     runtime = current_app.extensions["cds_plugin"]
     database = runtime.db.ping()
     services = {s.id: s.loaded for s in runtime.registry}
-    ready = database and all(services.values())
-    body = {"status": "ready" if ready else "not ready", "database": database, "services": services}
-    return jsonify(body), 200 if ready else 503
+    loaded = all(services.values())
+    status = "not ready" if not loaded else "ready" if database else "degraded"
+    body = {"status": status, "database": database, "services": services}
+    return jsonify(body), 200 if loaded else 503
