@@ -1,0 +1,292 @@
+"""End-to-end load on the production server: latency percentiles, throughput, worker memory growth.
+
+    .venv/bin/python benchmarks/load.py [--calls 300] [--soak 5000] [--workers 2] [--data DIR]
+
+Starts `cds-plugin serve` (gunicorn, production settings, JWT required with a pinned ES384 issuer) on
+loopback, then calls `diagnosis-considerations` (patient-view) for the median training patient (by
+record size, 906 KiB as Synthea writes it): the prefetch carries the patient's whole record, every
+resource, compact JSON (the resources the templates do not ask for under one extra key the service
+does not read), the worst an over-sending EHR would post. Every call gets three cards (probability
+floor off), each explained and given a page. Each call is signed with a fresh token (before the clock
+starts: signing is the EHR's cost). Prints, in one run:
+
+- p50 / p95 / p99 / max latency and throughput at concurrency 1 and 4 (`--calls` each), and at
+  concurrency 1 with only what the prefetch templates ask for; the errors, which must be none;
+- the bare model forward pass on the same input in this process (1 torch thread), so the ratio of a call
+  to a forward pass survives machine noise;
+- a soak of `--soak` calls at concurrency 4: resident memory of every worker after the warm-up and at the
+  end, and the growth in per cent (target under 5 %);
+- the after-response work (integrated gradients for the pages) done and skipped, from /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hook_latency import DEFAULT_DATA, KEYS, prefetch_of
+
+from cds_plugin.model.dataset import bundle_files
+from cds_plugin.sandbox.fhir_store import FhirStore
+from cds_plugin.sandbox.keys import ClientKey
+
+ISSUER = "https://ehr.bench.example"
+SERVICE = "diagnosis-considerations"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def whole_record(path: Path, requested: dict) -> dict:
+    """The requested prefetch plus every other resource of the patient's record under one more key (a
+    searchset the service does not read): a body of the record's whole size, as an EHR that over-sends
+    would post it."""
+    store = FhirStore.load(path)
+    others = [
+        {"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r}
+        for rtype in sorted(store.types())
+        if rtype not in KEYS
+        for r in store.all(rtype)
+    ]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(others), "entry": others}
+    return {**requested, "other": bundle}
+
+
+def start_server(data_dir: Path, workers: int, jwks_file: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "CDS_PLUGIN_BIND": f"127.0.0.1:{port}",
+        "CDS_PLUGIN_DATA_DIR": str(data_dir),
+        "CDS_PLUGIN_WORKERS": str(workers),
+        "CDS_PLUGIN_TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks_file": str(jwks_file)}]),
+        "CDS_PLUGIN_LOG_LEVEL": "WARNING",
+        # the worst case: every call carries max_cards (3) cards, each explained, each with a page
+        "CDS_PLUGIN_MIN_CARD_PROBABILITY": "0",
+    }
+    log = open(data_dir / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cds_plugin.cli", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("server exited:\n" + (data_dir / "server.log").read_text()[-3000:])
+        try:
+            if requests.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("server not ready in 120 s")
+
+
+def worker_pids(arbiter: int) -> list[int]:
+    children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
+    return sorted(int(p) for p in children)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Caller:
+    """Posts the same patient-view body with a fresh hookInstance and token; one session per thread."""
+
+    def __init__(self, base: str, body: dict, key: ClientKey) -> None:
+        self.url = f"{base}/cds-services/{SERVICE}"
+        self.body = body
+        self.key = key
+        self.local = threading.local()
+        self.errors: list[str] = []
+        self.cards = 0
+
+    def __call__(self, _i: int = 0) -> float:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        body = {**self.body, "hookInstance": str(uuid.uuid4())}
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.key.sign(self.url, ISSUER)}",
+        }
+        started = time.perf_counter()
+        resp = session.post(self.url, data=data, headers=headers, timeout=60)
+        elapsed = time.perf_counter() - started
+        if resp.status_code != 200:
+            self.errors.append(f"{resp.status_code} {resp.text[:200]}")
+        else:
+            self.cards = len(resp.json()["cards"])
+        return elapsed * 1000
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(caller: Caller, calls: int, concurrency: int) -> tuple[list[float], float]:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        samples = list(pool.map(caller, range(calls)))
+    return samples, time.perf_counter() - started
+
+
+def report(label: str, samples: list[float], wall: float) -> None:
+    print(
+        f"{label:<16} n {len(samples):5d}   p50 {percentile(samples, 0.5):7.1f} ms   "
+        f"p95 {percentile(samples, 0.95):7.1f} ms   p99 {percentile(samples, 0.99):7.1f} ms   "
+        f"max {max(samples):7.1f} ms   {len(samples) / wall:5.2f} calls/s",
+        flush=True,
+    )
+
+
+def bare_forward_ms(median: Path, repeat: int = 30) -> float:
+    """The model's forward pass alone on the same patient, 1 torch thread, in this process."""
+    import torch
+
+    from cds_plugin.model.engine import Engine
+
+    torch.set_num_threads(1)
+    engine = Engine.load()
+    encoded, _ = engine.encode(engine.record_of(median))
+    samples = []
+    for i in range(repeat + 3):
+        started = time.perf_counter()
+        engine.logits([encoded])
+        if i >= 3:
+            samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def soak(arbiter: int, caller: Caller, calls: int, warm_calls: int, chunks: int = 10) -> None:
+    """`calls` more calls at concurrency 4 in chunks; each worker's RSS after every chunk, so a leak
+    (steady growth) shows apart from allocator noise (a plateau)."""
+    before = {pid: rss_mib(pid) for pid in worker_pids(arbiter)}
+    trajectory: dict[int, list[float]] = {pid: [] for pid in before}
+    samples: list[float] = []
+    started = time.perf_counter()
+    size = max(1, calls // chunks)
+    done = 0
+    while done < calls:
+        n = min(size, calls - done)
+        samples += run(caller, n, 4)[0]
+        done += n
+        for pid in trajectory:
+            trajectory[pid].append(rss_mib(pid) if Path(f"/proc/{pid}").exists() else float("nan"))
+    report("soak (c=4)", samples, time.perf_counter() - started)
+    for pid, rss in trajectory.items():
+        growth = 100 * (rss[-1] - before[pid]) / before[pid]
+        path = " ".join(f"{r:.0f}" for r in rss)
+        print(
+            f"worker rss MiB after {warm_calls} calls {before[pid]:.0f} -> every {size} calls: {path} "
+            f"({growth:+.1f} % over {calls} calls)"
+        )
+    replaced = set(worker_pids(arbiter)) - set(before)
+    if replaced:
+        print(f"workers replaced during the soak (not expected): {len(replaced)}")
+
+
+def background_counts(base: str) -> dict[str, float]:
+    text = requests.get(base + "/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("cds_plugin_background_explanations_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--calls", type=int, default=300, help="calls per concurrency level")
+    parser.add_argument("--soak", type=int, default=5000, help="calls in the memory soak (0: skip)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    by_size = sorted((len(gzip.open(f).read()), f) for f in bundle_files(args.data))
+    record_bytes, median = by_size[len(by_size) // 2]
+    patient_id, requested = prefetch_of(median)
+    context = {"userId": "Practitioner/bench", "patientId": patient_id}
+    # fhirServer is named but never called: the prefetch is complete
+    base_body = {"hook": "patient-view", "fhirServer": "https://ehr.bench.example/fhir", "context": context}
+    body = {**base_body, "prefetch": whole_record(median, requested)}
+    small = {**base_body, "prefetch": requested}
+    print(
+        f"median patient by record size {median.name}: record {record_bytes / 1024:.0f} KiB; request body "
+        f"{len(json.dumps(body)) / 1024:.0f} KiB with the whole record in the prefetch, "
+        f"{len(json.dumps(small)) / 1024:.0f} KiB with what the prefetch templates ask for; "
+        f"gunicorn {args.workers} workers, 1 torch thread each; {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    forward = bare_forward_ms(median)
+    print(f"bare model forward pass, same input, 1 thread: {forward:.1f} ms (median of 30)", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        key = ClientKey.generate()
+        _, jwks_file = key.write(data_dir / "keys")
+        proc, base = start_server(data_dir, args.workers, jwks_file)
+        try:
+            caller = Caller(base, body, key)
+            run(caller, 20, 1)  # warm-up: first calls pay lazy imports and allocator growth
+            results = {}
+            for concurrency in (1, 4):
+                samples, wall = run(caller, args.calls, concurrency)
+                results[concurrency] = samples
+                report(f"concurrency {concurrency}", samples, wall)
+            templates_only = Caller(base, small, key)
+            samples, wall = run(templates_only, args.calls, 1)
+            report("c 1, templates", samples, wall)
+            caller.errors += templates_only.errors
+            p50 = percentile(results[1], 0.5)
+            print(
+                f"call p50 / bare forward pass at concurrency 1: {p50 / forward:.1f}x; "
+                f"cards per call {caller.cards}"
+            )
+            if args.soak:
+                soak(proc.pid, caller, args.soak, warm_calls=3 * args.calls + 20)
+            print(f"after-response integrated gradients: {background_counts(base)}")
+            errors = caller.errors
+            print(f"errors: {len(errors)}" + (f" e.g. {errors[0]}" if errors else ""))
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
