@@ -63,7 +63,15 @@ def test_foreground_server_prints_its_url_and_stops_on_ctrl_c(fhir_data: Path) -
         "p = argparse.ArgumentParser(); f.add_arguments(p); sys.exit(f.run(p.parse_args(sys.argv[1:])))"
     )
     argv = [sys.executable, "-c", code, "--data", str(fhir_data), "--port", "0", "--token", "t0k"]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    # a test run started in the background of a script inherits SIGINT ignored (and Python then installs
+    # no Ctrl-C handler): give the server the default, as in a terminal
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
