@@ -128,6 +128,12 @@ BACKGROUND = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+DATABASE_UP = Gauge(
+    "cds_plugin_database_up",
+    "1 when the database answered the last check (each scrape and /readyz), 0 when it did not",
+    multiprocess_mode="livemostrecent",
+    registry=REGISTRY,
+)
 MODEL_INFO = Gauge(
     "cds_plugin_model_info",
     "1 for each model version loaded by a live worker",
@@ -205,6 +211,11 @@ def explanation(method: str, completeness_error: float | None) -> None:
 def background_explanation(outcome: str) -> None:
     """Outcome of one job of the after-response queue: "done", "skipped" or "failed"."""
     BACKGROUND.labels(outcome if outcome in BACKGROUND_OUTCOMES else UNKNOWN).inc()
+
+
+def database_checked(up: bool) -> None:
+    """The database answered a ping (True) or not; hook calls go on either way, feedback does not."""
+    DATABASE_UP.set(1 if up else 0)
 
 
 def model_loaded(model_version: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from cds_plugin import metrics
+
 bp = Blueprint("health", __name__)
 
 
@@ -23,6 +25,7 @@ def readyz() -> tuple[Response, int]:
     """
     runtime = current_app.extensions["cds_plugin"]
     database = runtime.db.ping()
+    metrics.database_checked(database)
     services = {s.id: s.loaded for s in runtime.registry}
     loaded = all(services.values())
     status = "not ready" if not loaded else "ready" if database else "degraded"

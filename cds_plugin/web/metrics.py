@@ -59,6 +59,7 @@ def scrape() -> Response:
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
             return Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    metrics.database_checked(_runtime().db.ping())  # without feedback traffic, nothing else would tell
     body, content_type = metrics.exposition(request.headers.get("Accept"))
     return Response(body, status=200, content_type=content_type, headers={"Cache-Control": "no-store"})
 

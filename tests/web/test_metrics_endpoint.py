@@ -137,6 +137,16 @@ def test_feedback_503_is_counted(app, client, monkeypatch):
     assert value("cds_plugin_feedback_calls_total", service="echo-patient", status="503") == before + 1
 
 
+def test_database_up_is_checked_on_each_scrape(app, client, tmp_path):
+    """Without feedback traffic nothing else would show a database outage (hook calls go on)."""
+    import sqlalchemy as sa
+
+    assert scraped(client.get("/metrics").text, "cds_plugin_database_up") == 1.0
+    app.extensions["cds_plugin"].db.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing-dir/x.sqlite3")
+    assert scraped(client.get("/metrics").text, "cds_plugin_database_up") == 0.0
+    assert client.get("/readyz").get_json()["status"] == "degraded"
+
+
 def test_token_protects_the_endpoint(tmp_path):
     settings = Settings.load(environ={}, data_dir=str(tmp_path), jwt_required=False, metrics_token="s3cret")
     client = create_app(settings, make_registry()).test_client()
