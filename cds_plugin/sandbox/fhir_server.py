@@ -34,22 +34,13 @@ from cds_plugin import __version__
 from cds_plugin.errors import CdsPluginError, NotFoundError, UnauthorizedError
 from cds_plugin.sandbox.fhir_search import SearchPage, params_for, search, supported_types
 from cds_plugin.sandbox.fhir_store import DataSource, FhirStore
+from cds_plugin.web.operation_outcome import operation_outcome
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_PORT = 8090
 TOKEN_ENV = "CDS_PLUGIN_SANDBOX_FHIR_TOKEN"  # noqa: S105 (a variable name, not a secret)
-
-
-def operation_outcome(
-    severity: str, code: str, diagnostics: str, expression: str | None = None
-) -> dict[str, Any]:
-    """A one-issue OperationOutcome (the body FHIR servers answer errors and warnings with)."""
-    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
-    if expression:
-        issue["expression"] = [expression]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def _fhir_response(
@@ -121,7 +112,7 @@ def create_fhir_app(store: FhirStore, token: str | None = None, *, page_size_def
             if exc.status == 401
             else None
         )
-        body = operation_outcome("error", exc.code, exc.message, exc.expression)
+        body = operation_outcome(exc.message, exc.code, exc.expression)
         return _fhir_response(body, exc.status, headers)
 
     @app.errorhandler(HTTPException)
@@ -130,12 +121,12 @@ def create_fhir_app(store: FhirStore, token: str | None = None, *, page_size_def
         code = {404: "not-found", 405: "not-supported"}.get(status, "processing")
         headers = dict(exc.get_headers())  # keeps Allow on 405
         headers.pop("Content-Type", None)
-        return _fhir_response(operation_outcome("error", code, exc.name), status, headers)
+        return _fhir_response(operation_outcome(exc.name, code), status, headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("FHIR server: unexpected error")  # the traceback has code paths, not resources
-        return _fhir_response(operation_outcome("fatal", "exception", "internal error"), 500)
+        return _fhir_response(operation_outcome("internal error", "exception", severity="fatal"), 500)
 
     return app
 

@@ -228,20 +228,22 @@ def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) ->
     return [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude][:limit]
 
 
-def diagnosis_considerations(call: HookCall) -> CDSResponse:
+def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
+    """patient-view: the most likely considerations of one kind (DIAGNOSIS or TREATMENT) as cards."""
     engine = load_engine()
     call.model_version = engine.version
     assessment = engine.assess(_record(call))
-    items = _suggested(assessment.diagnoses, set(), environment().settings.max_cards)
+    of_kind = assessment.diagnoses if kind == DIAGNOSIS else assessment.treatments
+    items = _suggested(of_kind, set(), environment().settings.max_cards)
     return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
+
+
+def diagnosis_considerations(call: HookCall) -> CDSResponse:
+    return _considerations_of_kind(call, DIAGNOSIS)
 
 
 def treatment_considerations(call: HookCall) -> CDSResponse:
-    engine = load_engine()
-    call.model_version = engine.version
-    assessment = engine.assess(_record(call))
-    items = _suggested(assessment.treatments, set(), environment().settings.max_cards)
-    return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
+    return _considerations_of_kind(call, TREATMENT)
 
 
 def order_review(call: HookCall) -> CDSResponse:

@@ -16,6 +16,7 @@ FHIR_JSON = "application/fhir+json"
 def operation_outcome(
     diagnostics: str, code: str = "invalid", expression: str | None = None, severity: str = "error"
 ) -> dict[str, Any]:
+    """A one-issue OperationOutcome: our error answers, and the sandbox FHIR server's."""
     issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
     if expression:
         issue["expression"] = [expression]
