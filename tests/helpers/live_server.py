@@ -33,6 +33,11 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def workers(self) -> set[int]:
+        """The pids of the gunicorn workers (children of the arbiter) right now."""
+        pid = self.proc.pid
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
     def stop(self) -> None:
         """Graceful stop (SIGTERM to the whole process group), SIGKILL after 20 s."""
         if self.proc.poll() is not None:

@@ -22,10 +22,6 @@ REQUEST = (
 )
 
 
-def _workers(arbiter: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()}
-
-
 def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_path):
     server = start_server(
         tmp_path,
@@ -38,7 +34,7 @@ def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_pa
         workers=1,
     )
     try:
-        (victim,) = _workers(server.proc.pid)
+        (victim,) = server.workers()
         body = json.loads(REQUEST.read_text())
         url = server.base + "/cds-services/diagnosis-considerations"
         outcome: dict[str, object] = {}
@@ -59,7 +55,7 @@ def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_pa
         deadline = time.monotonic() + 180
         replaced: set[int] = set()
         while time.monotonic() < deadline:
-            replaced = _workers(server.proc.pid) - {victim}
+            replaced = server.workers() - {victim}
             if replaced:
                 try:
                     if requests.get(server.base + "/readyz", timeout=2).status_code == 200:
@@ -67,7 +63,7 @@ def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_pa
                 except requests.RequestException:
                     pass
             time.sleep(0.5)
-        assert replaced and victim not in _workers(server.proc.pid)
+        assert replaced and victim not in server.workers()
         resp = requests.post(url, json=body, timeout=120)
         assert resp.status_code == 200 and len(resp.json()["cards"]) == 3
     finally:
