@@ -597,9 +597,19 @@ def _complete_integrated_gradients(entry_id: str, payload: dict[str, Any], engin
     metrics.explanation("integrated_gradients", result.get("completeness_error"))
     explanations["integrated_gradients"] = result
     try:
-        _runtime().explanation_store.update_payload(entry_id, payload)
+        _keep_with_page(entry_id, "integrated_gradients", result)
     except sa.exc.SQLAlchemyError as exc:
         log.warning("integrated gradients not stored with the page: %s", type(exc).__name__)
+
+
+def _keep_with_page(entry_id: str, method: str, result: dict[str, Any]) -> None:
+    """Add one explanation to the stored page, re-read first: another method may have been added
+    meanwhile (the after-response queue, SHAP, another tab)."""
+    store = _runtime().explanation_store
+    fresh = store.get(entry_id)
+    if fresh is not None and isinstance(fresh.get("payload"), dict):
+        fresh["payload"].setdefault("explanations", {})[method] = result
+        store.update_payload(entry_id, fresh["payload"])
 
 
 def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_error: str = "") -> Response:
@@ -692,11 +702,7 @@ def shap(entry_id: str) -> Response | tuple[Response, int]:
     finally:
         _shap_slot.release()
     metrics.explanation("shap", result.get("completeness_error"))
-    store = _runtime().explanation_store
-    fresh = store.get(entry_id)  # re-read: integrated gradients may have been added meanwhile
-    if fresh is not None and isinstance(fresh.get("payload"), dict):
-        fresh["payload"].setdefault("explanations", {})["shap"] = result
-        store.update_payload(entry_id, fresh["payload"])
+    _keep_with_page(entry_id, "shap", result)
     if not _wants_json():
         return redirect(url_for(".page", entry_id=entry_id, token=token, _anchor="compare"), code=303)
     rows = rows_of(result, Facts(payload), SIDE_ROWS)
