@@ -50,3 +50,16 @@ def test_dev_server_redacts_link_tokens_in_request_logs():
     )  # fmt: skip
     _RedactTokens().filter(record)
     assert "eyJpZCI6" not in record.getMessage() and "token=REDACTED&x=1" in record.getMessage()
+
+
+def test_python_dash_m_cds_plugin_is_the_cli():
+    """`python -m cds_plugin` works where the `cds-plugin` script is not on PATH, exit status included."""
+    version = subprocess.run(
+        [sys.executable, "-m", "cds_plugin", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and version.stdout.startswith("cds-plugin ")
+    env = {**os.environ, "CDS_PLUGIN_WORKERS": "lots"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "cds_plugin", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "CDS_PLUGIN_WORKERS" in bad.stderr
