@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+#: a throwaway PostgreSQL cluster for the tests marked `postgres`, when PostgreSQL is installed
+pytest_plugins = ["tests.helpers.postgres_cluster"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

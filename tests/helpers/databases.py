@@ -1,10 +1,11 @@
 """Database URLs for tests, over both supported backends: a SQLite file and a PostgreSQL server.
 
 `database_url` is parametrized: `sqlite` (a file in the test's tmp_path) and `postgresql` (a fresh,
-empty schema created for the test on the server named by CDS_PLUGIN_TEST_POSTGRES_URL, dropped after
-it; marked `postgres`). Without that variable the postgresql cases skip, unless
-CDS_PLUGIN_REQUIRE_POSTGRES=1 (CI, see .ci/run and .ci/postgres): then a missing or unreachable server
-fails them. Use it from a conftest or a test module:
+empty schema created for the test on the session's server, dropped after it; marked `postgres`). The
+server is the one CDS_PLUGIN_TEST_POSTGRES_URL names, else a throwaway cluster the session starts when
+PostgreSQL is installed (tests.helpers.postgres_cluster). Without either the postgresql cases skip,
+unless CDS_PLUGIN_REQUIRE_POSTGRES=1 (CI, see .ci/run): then a missing or unreachable server fails
+them. Use it from a conftest or a test module:
 
     from tests.helpers.databases import database_url  # noqa: F401  (a fixture)
 """
@@ -22,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-POSTGRES_URL_ENV = "CDS_PLUGIN_TEST_POSTGRES_URL"
+from tests.helpers.postgres_cluster import POSTGRES_URL_ENV, session_postgres_url
+
 REQUIRE_POSTGRES_ENV = "CDS_PLUGIN_REQUIRE_POSTGRES"
 
 BACKENDS = [
@@ -52,9 +54,9 @@ def _server_problem(url: str) -> str | None:
 def postgres_server_url() -> str:
     """The test server's URL; skips the test when there is none (fails when one is required)."""
     unusable = pytest.fail if _postgres_required() else pytest.skip
-    url = os.environ.get(POSTGRES_URL_ENV, "").strip()
+    url, problem = session_postgres_url()
     if not url:
-        unusable(f"{POSTGRES_URL_ENV} is not set (start a server with .ci/postgres)")
+        unusable(problem or f"no PostgreSQL for the postgres tests: {POSTGRES_URL_ENV} is not set")
     problem = _server_problem(url)
     if problem:
         unusable(problem)
