@@ -124,3 +124,11 @@ def test_named_ids_reads_requirement_lists():
     assert named_ids("Req 1, 3, 14, 76: JSON") == {"1", "3", "14", "76"}
     assert named_ids("Covers req 201 and 203 (alg)") == {"201", "203"}
     assert named_ids("Req 27 (partial): within 500 ms") == {"27"}
+
+
+def test_known_gaps_are_numbered_one_to_n():
+    """The Known gaps list counts 1, 2, 3, ...: a gap that is fixed leaves, and the rest are renumbered."""
+    text = DOC.read_text(encoding="utf-8")
+    gaps = text[text.index("## Known gaps") :].split("\n## ")[0]
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", gaps, re.MULTILINE)]
+    assert numbers and numbers == list(range(1, len(numbers) + 1))
