@@ -1,5 +1,8 @@
 """Cutting a record at a reference time, so training and evaluation see only what was known then.
 
+`as_of(record, when)` is the one entry point (`read_record(..., as_of=when)` calls it). This module
+depends on cds_plugin.fhir.record, never the reverse.
+
 Rules (times compared in UTC; a date without time is that whole day, see times.py):
 
 - A fact dated after the cut is dropped. So is one recorded or issued after it (a condition entered
@@ -40,8 +43,8 @@ from cds_plugin.fhir.times import to_cut
 _replace = dataclasses.replace
 
 
-def cut_record(record: PatientRecord, when: datetime | date) -> PatientRecord:
-    """The record as it stood at `when` (see the module docstring for the rules)."""
+def as_of(record: PatientRecord, when: datetime | date) -> PatientRecord:
+    """The record as it stood at `when`: later facts dropped, statuses read as of then (rules above)."""
     cut = to_cut(when)
     if record.as_of_time is not None and record.as_of_time < cut:
         cut = record.as_of_time  # a record already cut earlier knows nothing later

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from cds_plugin.errors import FhirInputError
 from cds_plugin.fhir import elements as el
+from cds_plugin.fhir.as_of import as_of
 from cds_plugin.fhir.bundle import Entry
 from cds_plugin.fhir.elements import ElementError
 from cds_plugin.fhir.limits import Limits, check_depth
@@ -187,7 +188,7 @@ def read_entries(
             **fields,
         )
         if options.as_of is not None:
-            record = record.as_of(options.as_of)
+            record = as_of(record, options.as_of)
         records.append(record)
     return records
 

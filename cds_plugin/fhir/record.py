@@ -272,10 +272,8 @@ class PatientRecord:
         return refs
 
     def as_of(self, when: datetime | date) -> PatientRecord:
-        """The record as it stood at `when`: later facts dropped, statuses read as of then.
+        """Deprecated shim for cds_plugin.model (task.py, engine.py) until it calls
+        `cds_plugin.fhir.as_of.as_of(record, when)`; the lazy import is the last tie back to as_of.py."""
+        from cds_plugin.fhir.as_of import as_of
 
-        See cds_plugin.fhir.as_of for the rules.
-        """
-        from cds_plugin.fhir.as_of import cut_record
-
-        return cut_record(self, when)
+        return as_of(self, when)
