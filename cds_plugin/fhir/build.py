@@ -138,7 +138,7 @@ def read_entries(
             subject = el.reference(resource.get(subject_element), subject_element)
             owner = only
             if subject is not None:
-                kind, target, target_name = index.resolve(subject, resource)
+                kind, target, target_name = index.resolve(subject, resource, want="Patient")
                 if target is not None and target.get("resourceType") == "Patient" and target_name in patients:
                     owner = target_name
                 elif kind == "conditional":
