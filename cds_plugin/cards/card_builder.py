@@ -217,6 +217,7 @@ def suggestion_for(consideration: Consideration, patient_id: str) -> Suggestion:
     return Suggestion(
         label=label[:200],
         uuid=new_uuid(),
+        isRecommended=False,  # a model's consideration for the clinician to weigh, never a recommendation
         actions=[Action(type="create", description=description, resource=resource)],
     )
 
@@ -239,9 +240,11 @@ def build_card(
 ) -> Card:
     links = []
     if view_url:
-        links.append(Link(label="Why this suggestion?", url=view_url, type="absolute"))
+        links.append(Link(label="Why this suggestion?", url=view_url, type="absolute", autolaunchable=False))
     if smart_launch_url:
-        links.append(Link(label="Open in the SMART app", url=smart_launch_url, type="smart"))
+        links.append(
+            Link(label="Open in the SMART app", url=smart_launch_url, type="smart", autolaunchable=False)
+        )
     suggestions = [suggestion_for(consideration, patient_id)] if suggest else None
     return Card(
         uuid=card_uuid or new_uuid(),

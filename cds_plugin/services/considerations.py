@@ -1,7 +1,8 @@
 """The clinical services: diagnosis and treatment considerations on patient-view, order review on
-order-select and order-sign. Each joins a hook to the Engine, the explainers and the card builder.
+order-select (`order-select-review`) and order-sign (`order-sign-review`). Each joins a hook to the
+Engine, the explainers and the card builder.
 
-The Engine is loaded once per worker (the services' `load`), shared by the three services. Cards carry
+The Engine is loaded once per worker (the services' `load`), shared by the four services. Cards carry
 the explanation named by `card_explanation_method` (integrated gradients by default); with a cheaper
 method on the card, integrated gradients are computed right after the response and added to the
 explanation page (decided by measurement, docs/explanations.md).
@@ -296,13 +297,13 @@ def register(registry: ServiceRegistry) -> None:
         usage_requirements="Model trained on synthetic data; not for clinical use.",
         **common,
     )(treatment_considerations)
-    for hook in ("order-select", "order-sign"):
+    for hook, when in (("order-select", "when orders are selected"), ("order-sign", "at signing")):
         registry.service(
-            "order-review",
+            f"{hook}-review",
             hook=hook,
-            title="Order review",
-            description="Considerations with the drafted orders in mind; flags a drafted medication the "
-            "model finds very unlikely for this patient (information only).",
+            title=f"Order review ({hook})",
+            description=f"Considerations with the drafted orders in mind, {when}; flags a drafted "
+            "medication the model finds very unlikely for this patient (information only).",
             usage_requirements="Model trained on synthetic data; not for clinical use.",
             **common,
         )(order_review)

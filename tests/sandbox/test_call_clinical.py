@@ -64,8 +64,8 @@ def service(tmp_path_factory, key_file, tiny_model) -> Iterator[SimpleNamespace]
     [
         ("diagnosis-considerations", "patient-view"),
         ("treatment-considerations", "patient-view"),
-        ("order-review", "order-select"),
-        ("order-review", "order-sign"),
+        ("order-select-review", "order-select"),
+        ("order-sign-review", "order-sign"),
     ],
 )
 @pytest.mark.parametrize("mode", ["all", "none", "partial"])
