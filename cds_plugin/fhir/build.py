@@ -7,7 +7,7 @@ resources, which arrive here as `Entry`s.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from types import MappingProxyType
 
@@ -18,6 +18,7 @@ from cds_plugin.fhir.bundle import Entry
 from cds_plugin.fhir.elements import ElementError
 from cds_plugin.fhir.limits import Limits, check_depth
 from cds_plugin.fhir.record import FACT_FIELDS, Fact, Patient, PatientRecord
+from cds_plugin.fhir.reference_time import reference_time
 from cds_plugin.fhir.references import ID_RE, ResourceIndex
 from cds_plugin.fhir.resources import (
     READERS,
@@ -27,7 +28,6 @@ from cds_plugin.fhir.resources import (
     latest_date,
     read_patient,
 )
-from cds_plugin.fhir.times import to_cut, utc_now
 from cds_plugin.fhir.validation import VALIDATION_MODES, validate_full
 
 _FIELD_OF_TYPE = {rtype: name for name, rtype in FACT_FIELDS}
@@ -35,12 +35,14 @@ _FIELD_OF_TYPE = {rtype: name for name, rtype in FACT_FIELDS}
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """How to read: shared by every reader of one call."""
+    """How to read: shared by every reader of one call. `reference_time` is T for every record the call
+    reads (reference_time.py: `as_of` when given, which also cuts, else the time of the call)."""
 
     limits: Limits
     strict: bool = False
     validation: str = "fast"
     as_of: datetime | None = None
+    reference_time: datetime = field(default_factory=reference_time)
 
     @classmethod
     def make(
@@ -56,7 +58,8 @@ class Options:
         if validation not in VALIDATION_MODES:
             raise ValueError(f"validation: expected one of {VALIDATION_MODES}")
         limits = Limits(max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth)
-        return cls(limits, bool(strict), validation, to_cut(as_of) if as_of is not None else None)
+        at = reference_time(as_of)
+        return cls(limits, bool(strict), validation, at if as_of is not None else None, at)
 
 
 @dataclass(slots=True)
@@ -181,7 +184,7 @@ def read_entries(
             until = patient.deceased_at
         record = PatientRecord(
             patient=patient,
-            reference_time=options.as_of or utc_now(),
+            reference_time=options.reference_time,
             issues=tuple(notes + patients[name][1]),
             skipped=frozen_skipped,
             data_until=until,

@@ -48,10 +48,11 @@ def read_record(
 ) -> PatientRecord:
     """Read one patient's record from any accepted source.
 
-    `as_of` cuts the record at that time (see `PatientRecord.as_of`); without it nothing is cut and ages
-    are computed at the time of the call. `patient_id` picks the patient when the input holds several
-    (and must match when it holds one). `strict=True` turns skipped malformed resources into errors;
-    a malformed or missing Patient is always an error. Raises FhirInputError or InputLimitError only.
+    `as_of` cuts the record at that time (see as_of.py); without it nothing is cut and ages are computed
+    at the time of the call (the one rule: reference_time.py). `patient_id` picks the patient when the
+    input holds several (and must match when it holds one). `strict=True` turns skipped malformed
+    resources into errors; a malformed or missing Patient is always an error. Raises FhirInputError or
+    InputLimitError only.
     """
     options = Options.make(
         as_of=as_of,
