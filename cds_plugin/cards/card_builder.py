@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from cds_plugin.explain.explanation import PROBABILITY, Evidence, Explanation
+from cds_plugin.fhir import unread
 from cds_plugin.fhir.record import Observation, PatientRecord
 from cds_plugin.hooks.card import SUMMARY_MAX, Action, Card, Link, Source, Suggestion, new_uuid
 from cds_plugin.hooks.coding import Coding
@@ -154,9 +155,49 @@ def detail_markdown(
         f"Probability {consideration.probability:.2f} (threshold {consideration.threshold:.2f}); "
         f"model {model_version}."
     )
+    lost = unread.could_not_read_sentence(record) if record is not None else None
+    if lost:
+        lines.append("")
+        lines.append(f"**{_md(lost)}**: the model did not see them (listed on the explanation page).")
     lines.append("")
     lines.append(f"*{CAVEAT}*")
     return "\n".join(lines)
+
+
+def no_facts_card(record: PatientRecord, source_label: str, model_card_url: str | None) -> Card:
+    """The one card of a call whose record holds no clinical facts: no considerations, and why (an
+    empty answer would read as "nothing to consider"). Information only: no suggestion, no action."""
+    lost = unread.could_not_read(record)
+    if lost:
+        summary = "No considerations: none of this patient's clinical data could be read"
+        why = f"**{_md(unread.could_not_read_sentence(record) or '')}**."
+    else:
+        summary = "No considerations: no clinical data about this patient was received"
+        others = record.resources - 1
+        why = (
+            "The call carried the Patient resource only."
+            if others <= 0
+            else f"Besides the Patient, the call carried {others} resources, none of them clinical data "
+            "the model reads."
+        )
+    lines = [
+        "The model read 0 clinical facts (only age and sex), so it offers no considerations rather than a "
+        "guess from demographics alone.",
+        "",
+        why,
+        "",
+        "Check that the EHR sends the patient's conditions, medications and observations (prefetch) or "
+        "lets this service query its FHIR server.",
+        "",
+        f"*{CAVEAT}*",
+    ]
+    return Card(
+        uuid=new_uuid(),
+        summary=summary,
+        detail="\n".join(lines),
+        indicator="info",
+        source=Source(label=source_label, url=model_card_url),
+    )
 
 
 def summary_for(consideration: Consideration) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from cds_plugin.cards.card_builder import CAVEAT, evidence_rows
 from cds_plugin.explain.explanation import Explanation
+from cds_plugin.fhir import unread
 from cds_plugin.fhir.linearize import Linearization, Segment
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.assessment import Consideration
@@ -67,9 +68,20 @@ def view_payload(
         ],
         "timeline": timeline,
         "patient_reference": record.reference if record is not None else None,
+        # what the call's resources became: read, or unread by reason (counts only, no patient data)
+        "input": input_account(record) if record is not None else None,
         # the model input, so the view can run other methods (attention, SHAP) on the same facts later
         "reference_time": linearization.reference_time.isoformat() if linearization is not None else None,
         "segments": [segment_json(s) for s in linearization.segments] if linearization is not None else [],
+    }
+
+
+def input_account(record: PatientRecord) -> dict[str, Any]:
+    """The record's resource accounting (cds_plugin.fhir.unread) for the page."""
+    return {
+        **unread.summary(record),
+        "readable": unread.readable(record),
+        "not_used_types": dict(sorted(record.skipped.items())),
     }
 
 

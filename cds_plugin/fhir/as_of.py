@@ -14,6 +14,7 @@ Rules (times compared in UTC; a date without time is that whole day, see times.p
   `stopped` prescription without an end, a `completed` care plan without period end) is `unknown` when
   the input has data after the cut; when the cut is after all the data, the recorded status stands.
 - The patient: a death after the cut is cleared; `deceased: true` without a date becomes unknown (None).
+- A resource whose facts were all dropped is counted in `record.unread` as `after-cut` (unread.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import date, datetime
+from types import MappingProxyType
 
 from cds_plugin.fhir.record import (
     TERMINAL_CONDITION_STATUSES,
@@ -39,6 +41,7 @@ from cds_plugin.fhir.record import (
     Procedure,
 )
 from cds_plugin.fhir.times import to_cut
+from cds_plugin.fhir.unread import AFTER_CUT
 
 _replace = dataclasses.replace
 
@@ -50,7 +53,7 @@ def as_of(record: PatientRecord, when: datetime | date) -> PatientRecord:
         cut = record.as_of_time  # a record already cut earlier knows nothing later
     # Before the last date of the input, a status without a date may have been set after the cut.
     later_data = record.data_until is not None and record.data_until > cut
-    return _replace(
+    cut_record = _replace(
         record,
         patient=_patient(record.patient, cut, later_data),
         conditions=_keep(record.conditions, cut, later_data, _condition),
@@ -64,6 +67,16 @@ def as_of(record: PatientRecord, when: datetime | date) -> PatientRecord:
         reference_time=cut,
         as_of_time=cut,
     )
+    # resources whose facts all lie after the cut are accounted for (unread.py), not silently gone
+    dropped = len(_clinical_references(record) - _clinical_references(cut_record))
+    if dropped:
+        unread = {**record.unread, AFTER_CUT: record.unread.get(AFTER_CUT, 0) + dropped}
+        cut_record = _replace(cut_record, unread=MappingProxyType(unread))
+    return cut_record
+
+
+def _clinical_references(record: PatientRecord) -> set[str]:
+    return {fact.reference for fact in record.facts() if fact.resource_type != "Patient"}
 
 
 def _keep(facts: tuple, cut: datetime, later_data: bool, adjust: Callable) -> tuple:

@@ -33,7 +33,8 @@ class ServiceConfigurationError(ValueError):
 
 @dataclass
 class HookCall:
-    """Everything a handler needs for one call; `model_version` is set by the handler for the call log."""
+    """Everything a handler needs for one call; `model_version` and `log_fields` are set by the handler
+    for the call log."""
 
     service: Service
     request: CDSRequest
@@ -43,6 +44,8 @@ class HookCall:
     model_version: str | None = None
     #: The service's public base URL (for absolute links in cards), e.g. https://cds.example.org
     base_url: str | None = None
+    #: Extra fields the handler adds to the call's log line: counts and fixed words only, never PHI
+    log_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hook_instance(self) -> str:

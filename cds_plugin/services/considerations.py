@@ -20,8 +20,9 @@ from datetime import UTC
 from typing import Any
 
 from cds_plugin import metrics
-from cds_plugin.cards.card_builder import build_card
+from cds_plugin.cards.card_builder import build_card, no_facts_card
 from cds_plugin.cards.view_data import view_payload
+from cds_plugin.fhir import unread
 from cds_plugin.fhir.prefetch import read_prefetch
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.hooks.card import Card, new_uuid
@@ -52,6 +53,7 @@ OPTIONAL = frozenset(PREFETCH) - {"patient"}
 WARM_UP_PATIENT = {"resourceType": "Patient", "id": "warm-up", "gender": "unknown", "birthDate": "1970-01-01"}
 #: A drafted medication rated below this (and below a quarter of its threshold) gets an info card.
 UNLIKELY_DRAFT = 0.05
+SOURCE_LABEL = "cds-plugin considerations (synthetic-data model)"
 
 
 @dataclass
@@ -107,12 +109,50 @@ def load_engine() -> Any:
 
 
 def _record(call: HookCall) -> PatientRecord:
+    """The call's patient record, its resources accounted for in the log line and the metrics."""
     draft = call.context.model_dump().get("draftOrders")
-    return read_prefetch(
+    record = read_prefetch(
         {k: v for k, v in call.prefetch.items() if v is not None},
         patient_id=call.context.patientId,
         draft_orders=draft,
     )
+    counts = unread.summary(record)
+    call.log_fields.update(counts)
+    metrics.unread_resources(call.service.id, record.unread)
+    if counts["could_not_read"]:
+        log.warning(
+            "%s: %d of %d input resources could not be read (%s)",
+            call.service.id,
+            counts["could_not_read"],
+            unread.readable(record),
+            ", ".join(f"{r} {n}" for r, n in counts["unread"].items() if r in unread.LOST),
+        )
+    return record
+
+
+def _without_considerations(call: HookCall, record: PatientRecord) -> CDSResponse | None:
+    """The answer when no consideration may be offered (None otherwise): the patient had died at the
+    reference time (no cards), or nothing but demographics was read (one info card saying why, so the
+    silence is not taken for "nothing to consider")."""
+    reason = None
+    if record.deceased:
+        reason = "deceased"
+    elif unread.clinical_facts(record) == 0:
+        reason = "no-clinical-facts"
+    if reason is None:
+        return None
+    call.log_fields["withheld"] = reason
+    metrics.call_without_considerations(call.service.id, reason)
+    if reason == "deceased":
+        log.info("%s: the patient is deceased at the reference time: no considerations", call.service.id)
+        return CDSResponse(cards=[])
+    log.warning(
+        "%s: 0 clinical facts read from %d input resources (%d could not be read): no considerations",
+        call.service.id,
+        record.resources,
+        unread.could_not_read(record),
+    )
+    return CDSResponse(cards=[no_facts_card(record, SOURCE_LABEL, _model_card_url(call))])
 
 
 def _drafted(record: PatientRecord) -> set[str]:
@@ -152,7 +192,7 @@ def _issue_cards(
                 explanation,
                 assessment.record,
                 model_version=engine.version,
-                source_label="cds-plugin considerations (synthetic-data model)",
+                source_label=SOURCE_LABEL,
                 model_card_url=_model_card_url(call),
                 view_url=view_url,
                 patient_id=call.context.patientId,
@@ -233,7 +273,11 @@ def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
     """patient-view: the most likely considerations of one kind (DIAGNOSIS or TREATMENT) as cards."""
     engine = load_engine()
     call.model_version = engine.version
-    assessment = engine.assess(_record(call))
+    record = _record(call)
+    withheld = _without_considerations(call, record)
+    if withheld is not None:
+        return withheld
+    assessment = engine.assess(record)
     of_kind = assessment.diagnoses if kind == DIAGNOSIS else assessment.treatments
     items = _suggested(of_kind, set(), environment().settings.max_cards)
     return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
@@ -253,6 +297,9 @@ def order_review(call: HookCall) -> CDSResponse:
     engine = load_engine()
     call.model_version = engine.version
     record = _record(call)
+    withheld = _without_considerations(call, record)
+    if withheld is not None:
+        return withheld
     drafted = _drafted(record)
     assessment = engine.assess(record)
     limit = environment().settings.max_cards

@@ -174,6 +174,7 @@ def call_service(service_id: str) -> Response:
         if not isinstance(response, CDSResponse):
             raise TypeError(f"service {service.id!r} returned {type(response).__name__}, not CDSResponse")
         response.ensure_uuids()
+        fields.update(hook_call.log_fields)
         fields.update(cards=len(response.cards), model_version=hook_call.model_version)
         _record_cards(service, call, response, hook_call.model_version)
         metrics.cards_issued(service, response, hook_call.model_version)

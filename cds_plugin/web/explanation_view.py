@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from cds_plugin import metrics
 from cds_plugin.cards.card_builder import OVERRIDE_REASONS, OVERRIDE_SYSTEM, EvidenceRow, rationale
 from cds_plugin.cards.view_data import linearization_from_payload
+from cds_plugin.fhir import unread
 from cds_plugin.hooks.feedback import FeedbackItem
 from cds_plugin.model.assessment import Consideration
 from cds_plugin.model.concepts import DIAGNOSIS
@@ -410,6 +411,39 @@ def timeline_of(payload: Mapping[str, Any], facts: Facts) -> Timeline:
 
 
 @dataclass(frozen=True)
+class InputAccount:
+    """What the call's resources became (cds_plugin.fhir.unread): read into facts, could not be read
+    (data the model should have had), or not used (not clinical, unsupported types, duplicates)."""
+
+    resources: int
+    read: int
+    lost: int
+    readable: int
+    lost_reasons: list[tuple[str, int]]
+    other_reasons: list[tuple[str, int]]
+    not_used_types: str
+
+
+def input_account(payload: Mapping[str, Any]) -> InputAccount | None:
+    """From the stored page (None for pages stored before the accounting existed)."""
+    data = payload.get("input")
+    if not isinstance(data, Mapping):
+        return None
+    counts = {str(k): int(v) for k, v in dict(data.get("unread") or {}).items()}
+    listed = unread.words(counts)
+    types = dict(data.get("not_used_types") or {})
+    return InputAccount(
+        resources=int(data.get("resources", 0)),
+        read=int(data.get("read", 0)),
+        lost=int(data.get("could_not_read", 0)),
+        readable=int(data.get("readable", 0)),
+        lost_reasons=[(words, n) for _, words, n, lost in listed if lost],
+        other_reasons=[(words, n) for _, words, n, lost in listed if not lost],
+        not_used_types=", ".join(f"{t} {n}" for t, n in types.items()),
+    )
+
+
+@dataclass(frozen=True)
 class Gauge:
     """The probability on a 0..1 scale with the threshold marked."""
 
@@ -647,6 +681,7 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
         rows=chart_rows,
         completeness=_completeness(primary),
         timeline=timeline_of(payload, facts),
+        account=input_account(payload),
         columns=_columns(payload, facts, engine, why_not),
         shap_ready=engine is not None,
         shap_budget=_runtime().settings.shap_max_evals,
