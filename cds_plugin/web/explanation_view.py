@@ -68,16 +68,17 @@ _shap_slot = threading.BoundedSemaphore(1)
 #: Contributions below this share of the largest are drawn as "little effect".
 NEGLIGIBLE = 0.02
 
+#: Kinds of fact in words, for pages stored before they carried their own (clinical_text.kind_of).
 RESOURCE_LABELS = {
-    "Condition": "Condition",
-    "Observation": "Observation",
-    "MedicationRequest": "Medication",
-    "Procedure": "Procedure",
-    "Immunization": "Immunization",
-    "Encounter": "Encounter",
-    "AllergyIntolerance": "Allergy",
-    "CarePlan": "Care plan",
-    "Patient": "Demographics",
+    "Condition": "problem",
+    "Observation": "observation",
+    "MedicationRequest": "medication",
+    "Procedure": "procedure",
+    "Immunization": "immunization",
+    "Encounter": "encounter",
+    "AllergyIntolerance": "allergy",
+    "CarePlan": "care plan",
+    "Patient": "demographics",
 }
 SYSTEM_LABELS = {
     "http://snomed.info/sct": "SNOMED CT",
@@ -174,6 +175,7 @@ class Row:
     date: str
     score: float
     additive: bool
+    kind: str = ""  # lab, vital sign, problem, medication... (clinical_text.kind_of)
 
     @property
     def direction(self) -> str:
@@ -221,14 +223,26 @@ class Facts:
 
     def __init__(self, payload: Mapping[str, Any]) -> None:
         self.rows = {r["reference"]: r for r in payload.get("evidence_rows", [])}
+        # every resource in clinical words (pages stored since issue 15; older ones parse the segments)
+        self.described: dict[str, Mapping[str, Any]] = dict(payload.get("resources") or {})
         self.segments: dict[str, list[Mapping[str, Any]]] = {}
         for s in payload.get("segments", []):
             self.segments.setdefault(s["reference"], []).append(s)
+
+    def kind(self, reference: str, resource_type: str) -> str:
+        """The kind of fact in words (lab, vital sign, problem...)."""
+        for source in (self.rows, self.described):
+            if source.get(reference, {}).get("kind"):
+                return str(source[reference]["kind"])
+        return RESOURCE_LABELS.get(resource_type, resource_type)
 
     def describe(self, reference: str, resource_type: str, fallback: str) -> tuple[str, str, str]:
         if reference in self.rows:
             r = self.rows[reference]
             return r["what"], r["value"], r["date"]
+        if reference in self.described:
+            d = self.described[reference]
+            return str(d["what"]), str(d["value"]), str(d["date"])
         segments = self.segments.get(reference, [])
         if not segments:
             return fallback, "", ""
@@ -264,7 +278,10 @@ def rows_of(explanation: Mapping[str, Any] | None, facts: Facts, n: int) -> list
     for ev in explanation.get("evidence", [])[:n]:
         fallback = str(ev.get("display", "")).rsplit(", ", 1)[0]
         what, value, date = facts.describe(ev["reference"], ev["resource_type"], fallback)
-        out.append(Row(ev["reference"], ev["resource_type"], what, value, date, float(ev["score"]), additive))
+        kind = facts.kind(ev["reference"], ev["resource_type"])
+        out.append(
+            Row(ev["reference"], ev["resource_type"], what, value, date, float(ev["score"]), additive, kind)
+        )
     return out
 
 
@@ -396,7 +413,7 @@ def timeline_of(payload: Mapping[str, Any], facts: Facts) -> Timeline:
             Chip(
                 what=entry["display"],
                 value=value,
-                kind=RESOURCE_LABELS.get(entry["resource_type"], entry["resource_type"]),
+                kind=facts.kind(entry["reference"], entry["resource_type"]),
                 tone=tone,
                 glyph=glyph,
                 note=note,
@@ -658,7 +675,9 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
     primary = explanations.get(primary_name) if primary_name else None
     chart_rows = rows_of(primary, facts, CHART_ROWS)
     suggestions = _card_suggestions(payload["card_uuid"])
-    evidence_for_rationale = [EvidenceRow(r.reference, r.what, r.value, r.date, r.score) for r in chart_rows]
+    evidence_for_rationale = [
+        EvidenceRow(r.reference, r.what, r.value, r.date, r.score, r.kind) for r in chart_rows
+    ]
     unusual_draft = consideration.probability < consideration.threshold
     created = row.get("created_at")
     expires = row.get("expires_at")
