@@ -140,6 +140,12 @@ WITHOUT_CONSIDERATIONS = Counter(
     ["service", "reason"],
     registry=REGISTRY,
 )
+SNOOZED = Counter(
+    "cds_plugin_considerations_snoozed",
+    "Considerations not shown because they were overridden for the patient within override_snooze_days",
+    ["service"],
+    registry=REGISTRY,
+)
 BACKGROUND = Counter(
     "cds_plugin_background_explanations",
     "Explanation work after the response, by outcome: done, skipped (backlog full) or failed",
@@ -236,6 +242,12 @@ def unread_resources(service: str, counts: Mapping[str, int]) -> None:
 def call_without_considerations(service: str, reason: str) -> None:
     """A call answered without consideration cards: "deceased" or "no-clinical-facts"."""
     WITHOUT_CONSIDERATIONS.labels(service, reason if reason in NO_CONSIDERATIONS else UNKNOWN).inc()
+
+
+def considerations_snoozed(service: str, n: int) -> None:
+    """`n` considerations of one call held back: overridden for this patient lately."""
+    if n > 0:
+        SNOOZED.labels(service).inc(n)
 
 
 def background_explanation(outcome: str) -> None:

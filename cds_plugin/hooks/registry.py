@@ -46,6 +46,8 @@ class HookCall:
     base_url: str | None = None
     #: Extra fields the handler adds to the call's log line: counts and fixed words only, never PHI
     log_fields: dict[str, Any] = field(default_factory=dict)
+    #: The patient's pseudonym (cds_plugin.storage.pseudonym) when the context names a patient
+    patient_key: str | None = None
 
     @property
     def hook_instance(self) -> str:

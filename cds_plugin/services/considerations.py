@@ -58,11 +58,13 @@ SOURCE_LABEL = "cds-plugin considerations (synthetic-data model)"
 
 @dataclass
 class ServiceEnvironment:
-    """What the services need from the running app: settings and where explanation pages live."""
+    """What the services need from the running app: settings, where explanation pages live, and the
+    overrides remembered per patient."""
 
     settings: Settings
     explanation_store: Any  # cds_plugin.storage.explanation_store.ExplanationStore, or None
     link_signer: Any  # cds_plugin.web.link_tokens.LinkSigner, or None
+    override_store: Any = None  # cds_plugin.storage.override_store.OverrideStore, or None
 
 
 _env: ServiceEnvironment | None = None
@@ -264,9 +266,38 @@ def _add_integrated_gradients(
     store.update_payload(entry_id, payload)
 
 
-def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) -> list[Consideration]:
+def _overridden(call: HookCall) -> set[str]:
+    """Considerations (`system|code`) overridden for this patient within `override_snooze_days`; none
+    when the database cannot say (the call goes on: cards are shown rather than the call failing)."""
+    env = environment()
+    days = env.settings.override_snooze_days
+    if env.override_store is None or call.patient_key is None or days <= 0:
+        return set()
+    try:
+        return env.override_store.overridden(call.patient_key, days)
+    except Exception as exc:
+        log.warning("overrides not read, cards not held back: %s", type(exc).__name__)
+        return set()
+
+
+def _not_overridden(
+    call: HookCall, items: Sequence[Consideration], overridden: set[str]
+) -> list[Consideration]:
+    kept = [c for c in items if f"{c.system}|{c.code}" not in overridden]
+    if len(kept) < len(items):
+        metrics.considerations_snoozed(call.service.id, len(items) - len(kept))
+        call.log_fields["snoozed"] = len(items) - len(kept)
+    return kept
+
+
+def _suggested(
+    call: HookCall, items: Sequence[Consideration], exclude: set[str], limit: int, overridden: set[str]
+) -> list[Consideration]:
+    """What cards may propose, best first, at most `limit`: likely, above the floor, not excluded and
+    not overridden for this patient lately."""
     floor = environment().settings.min_card_probability
-    return [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude][:limit]
+    candidates = [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude]
+    return _not_overridden(call, candidates, overridden)[:limit]
 
 
 def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
@@ -279,7 +310,7 @@ def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
         return withheld
     assessment = engine.assess(record)
     of_kind = assessment.diagnoses if kind == DIAGNOSIS else assessment.treatments
-    items = _suggested(of_kind, set(), environment().settings.max_cards)
+    items = _suggested(call, of_kind, set(), environment().settings.max_cards, _overridden(call))
     return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
 
 
@@ -293,7 +324,8 @@ def treatment_considerations(call: HookCall) -> CDSResponse:
 
 def order_review(call: HookCall) -> CDSResponse:
     """Considerations with the draft in mind; a drafted medication the model finds very unlikely for this
-    patient gets an info card with its evidence (never a block)."""
+    patient gets an info card with its evidence (never a block). At most `max_cards` cards in all: the
+    unusual drafts first (they are about the order being placed), then the best considerations."""
     engine = load_engine()
     call.model_version = engine.version
     record = _record(call)
@@ -303,23 +335,32 @@ def order_review(call: HookCall) -> CDSResponse:
     drafted = _drafted(record)
     assessment = engine.assess(record)
     limit = environment().settings.max_cards
-    cards = _issue_cards(call, engine, assessment, _suggested(assessment.considerations, drafted, limit))
+    overridden = _overridden(call)
+    unusual: list[Consideration] = []
+    baseline = None
     if drafted:
         without = dataclasses.replace(
             record, medication_requests=tuple(m for m in record.medication_requests if m.status != "draft")
         )
         baseline = engine.assess(without)
-        unusual = [
-            c
-            for c in baseline.treatments
-            if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
-        ]
+        unusual = _not_overridden(
+            call,
+            [
+                c
+                for c in baseline.treatments
+                if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
+            ],
+            overridden,
+        )[:limit]
+    suggested = _suggested(call, assessment.considerations, drafted, limit - len(unusual), overridden)
+    cards = _issue_cards(call, engine, assessment, suggested)
+    if baseline is not None and unusual:
         summaries = {
             c.code: f"Drafted {c.display[:70]}: unusual for this patient (model p {c.probability:.2f})"
             for c in unusual
         }
         cards += _issue_cards(
-            call, engine, baseline, unusual[:limit], summaries=summaries, suggest=False, indicator="info"
+            call, engine, baseline, unusual, summaries=summaries, suggest=False, indicator="info"
         )
     return CDSResponse(cards=cards)
 
