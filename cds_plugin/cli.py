@@ -114,6 +114,34 @@ def _as_of(value: str | None):  # type: ignore[no-untyped-def]
         raise SystemExit(f"cds-plugin: --as-of: not an ISO date or date-time: {value!r}") from exc
 
 
+def _as_of_line(record, as_of: str | None) -> str:  # type: ignore[no-untyped-def]
+    """The reference time and where it came from (the rule: docs/fhir-input.md, "Reference time")."""
+    line = f"as of {record.reference_time:%Y-%m-%d %H:%M} UTC"
+    if as_of is None:
+        line += " (now, as a hook would be; --as-of for another time)"
+    if record.data_until is not None:
+        line += f"; the data ends {record.data_until:%Y-%m-%d}"
+    return line
+
+
+def _record_notes(record) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the CDS services would make of this record beyond the ratings (docs/cards.md)."""
+    from cds_plugin.fhir import unread
+
+    notes = []
+    lost = unread.could_not_read_sentence(record)
+    if lost:
+        notes.append(lost)
+    if record.deceased:
+        notes.append("the patient is deceased at the reference time: the services offer no considerations")
+    elif unread.clinical_facts(record) == 0:
+        notes.append(
+            f"0 clinical facts read from {record.resources} resources: the services offer no "
+            "considerations (a rating from age and sex alone)"
+        )
+    return notes
+
+
 def cmd_assess(args: argparse.Namespace) -> int:
     import json
 
@@ -130,7 +158,9 @@ def cmd_assess(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(assessment.to_json(), indent=2))
         return 0
-    print(f"model {assessment.model_version}, as of {assessment.reference_time:%Y-%m-%d}")
+    print(f"model {assessment.model_version}, {_as_of_line(assessment.record, args.as_of)}")
+    for note in _record_notes(assessment.record):
+        print(f"note: {note}")
     for title, items in (("Diagnoses", assessment.diagnoses), ("Treatments", assessment.treatments)):
         print(f"\n{title} (top {args.top}; * = above threshold, d = already documented)")
         for c in items[: args.top]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,6 +34,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from cds_plugin.fhir.unread import REASONS as UNREAD_REASONS
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: An explanation whose completeness error is above this is flagged (integrated gradients recompute with
@@ -44,6 +46,8 @@ UNKNOWN = "unknown"
 FEEDBACK_OUTCOMES = ("accepted", "overridden")
 BACKGROUND_OUTCOMES = ("done", "skipped", "failed")
 INDICATORS = ("info", "warning", "critical")
+#: Why a clinical service answered a call without consideration cards.
+NO_CONSIDERATIONS = ("deceased", "no-clinical-facts")
 
 #: Hook call latency, seconds: the target is 500 ms per call; integrated gradients on cards take seconds.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -120,6 +124,26 @@ COMPLETENESS_FLAGGED = Counter(
     "cds_plugin_explanation_completeness_flagged",
     f"Explanations whose completeness error is above {COMPLETENESS_TOLERANCE:.0%}, by method",
     ["method"],
+    registry=REGISTRY,
+)
+UNREAD = Counter(
+    "cds_plugin_unread_resources",
+    "Input resources of hook calls not read into facts, by service and reason (another-patient, "
+    "unparseable and no-id are data the model should have had; docs/fhir-input.md)",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
+WITHOUT_CONSIDERATIONS = Counter(
+    "cds_plugin_calls_without_considerations",
+    "Hook calls a clinical service answered without consideration cards, by reason: deceased (the "
+    "patient died at or before the reference time), no-clinical-facts (nothing but demographics read)",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
+SNOOZED = Counter(
+    "cds_plugin_considerations_snoozed",
+    "Considerations not shown because they were overridden for the patient within override_snooze_days",
+    ["service"],
     registry=REGISTRY,
 )
 BACKGROUND = Counter(
@@ -206,6 +230,24 @@ def explanation(method: str, completeness_error: float | None) -> None:
     COMPLETENESS.labels(method).observe(completeness_error)
     if completeness_error > COMPLETENESS_TOLERANCE:
         COMPLETENESS_FLAGGED.labels(method).inc()
+
+
+def unread_resources(service: str, counts: Mapping[str, int]) -> None:
+    """One call's input resources that did not become facts, by reason (cds_plugin.fhir.unread)."""
+    for reason, n in counts.items():
+        if n > 0:
+            UNREAD.labels(service, reason if reason in UNREAD_REASONS else UNKNOWN).inc(n)
+
+
+def call_without_considerations(service: str, reason: str) -> None:
+    """A call answered without consideration cards: "deceased" or "no-clinical-facts"."""
+    WITHOUT_CONSIDERATIONS.labels(service, reason if reason in NO_CONSIDERATIONS else UNKNOWN).inc()
+
+
+def considerations_snoozed(service: str, n: int) -> None:
+    """`n` considerations of one call held back: overridden for this patient lately."""
+    if n > 0:
+        SNOOZED.labels(service).inc(n)
 
 
 def background_explanation(outcome: str) -> None:

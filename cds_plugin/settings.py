@@ -100,7 +100,10 @@ class Settings:
     fhir_allow_http: bool = False  # plain-http FHIR servers beyond loopback (never in production)
     # Clinical services and their cards
     model_path: str = ""  # empty: the default model shipped in the package
-    max_cards: int = 3
+    max_cards: int = 3  # most cards per service and call, best first
+    override_snooze_days: int = 90  # a consideration overridden for a patient stays hidden this long; 0: off
+    # HMAC key of the patient pseudonyms kept with issued cards; empty: a random one kept in data_dir
+    pseudonym_secret: str = field(default="", repr=False)
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
     card_explanation_method: str = "attention_gradient"  # on cards; IG follows on the page (docs/cards.md)
     # integrated gradients queued after responses, per worker; beyond it they are computed when a page opens
@@ -167,9 +170,14 @@ class Settings:
             "max_json_depth",
             "max_string_bytes",
             "max_entries",
+            "max_cards",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}: must be at least 1")
+        if self.override_snooze_days < 0:
+            raise SettingsError(f"{ENV_PREFIX}OVERRIDE_SNOOZE_DAYS: must be 0 or more")
+        if self.pseudonym_secret and len(self.pseudonym_secret) < 16:
+            raise SettingsError(f"{ENV_PREFIX}PSEUDONYM_SECRET: must be at least 16 characters")
         if self.background_max_pending < 0:
             raise SettingsError(f"{ENV_PREFIX}BACKGROUND_MAX_PENDING: must be 0 or more")
         if self.fhir_fetch_budget_s <= 0:

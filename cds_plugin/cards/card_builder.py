@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cds_plugin.explain.explanation import PROBABILITY, Evidence, Explanation
+from cds_plugin.explain.explanation import PROBABILITY, Explanation
+from cds_plugin.fhir import clinical_text, unread
 from cds_plugin.fhir.record import Observation, PatientRecord
+from cds_plugin.fhir.values import age_band
 from cds_plugin.hooks.card import SUMMARY_MAX, Action, Card, Link, Source, Suggestion, new_uuid
 from cds_plugin.hooks.coding import Coding
 from cds_plugin.model.assessment import Consideration
@@ -47,54 +49,84 @@ def indicator_for(probability: float) -> str:
 
 @dataclass(frozen=True)
 class EvidenceRow:
-    """One evidence line for people: what, value, date, signed contribution."""
+    """One evidence line for people: what, value, date, signed contribution, and the kind of fact
+    (lab, vital sign, problem, medication...), all in clinical words (cds_plugin.fhir.clinical_text)."""
 
     reference: str
     what: str
     value: str
     date: str
     score: float
+    kind: str = ""
 
 
-def _fact_for(record: PatientRecord | None, reference: str) -> Any | None:
-    if record is None:
-        return None
-    for fact in record.facts():
-        if fact.reference == reference:
-            return fact
-    return None
+class FactIndex:
+    """The record's facts by resource reference (a panel's components share one), built once per card."""
+
+    def __init__(self, record: PatientRecord | None) -> None:
+        self.record = record
+        self.by_reference: dict[str, list[Any]] = {}
+        if record is not None:
+            for fact in record.facts():
+                self.by_reference.setdefault(fact.reference, []).append(fact)
+
+    def describe(self, reference: str, resource_type: str, display: str) -> tuple[str, str, str, str]:
+        """(kind, what, value, date) of one resource in clinical words; `display` when no fact is known."""
+        facts = self.by_reference.get(reference, [])
+        if not facts:
+            fallback = re.sub(r",\s*\d{4}-\d{2}-\d{2}$", "", display)
+            return clinical_text.kind_of(resource_type), fallback, "", ""
+        fact = facts[0]
+        kind = clinical_text.kind_of(resource_type, fact)
+        if resource_type == "Patient":
+            return kind, "Age and sex", self._demographics(display), ""
+        if isinstance(fact, Observation):
+            components = [f for f in facts if isinstance(f, Observation) and f.panel is not None]
+            if len(components) > 1 or (components and fact.path.startswith("Observation.component")):
+                panel = components[0].panel
+                what = (panel.display if panel is not None else None) or _what(fact, display)
+                return (
+                    kind,
+                    what,
+                    clinical_text.panel_value(components),
+                    clinical_text.clinical_date(fact.date),
+                )
+            return kind, _what(fact, display), clinical_text.observation_value(fact), _date(fact)
+        return kind, _what(fact, display), "", _date(fact)
+
+    def _demographics(self, display: str) -> str:
+        """`age 55-59, female` (age in the model's bands: no finer, it identifies)."""
+        if self.record is None:
+            return display
+        patient = self.record.patient
+        parts = [f"age {age_band(self.record.age)}", patient.sex or "sex unknown"]
+        if self.record.deceased:
+            parts.append("deceased")
+        return ", ".join(parts)
 
 
-def evidence_rows(explanation: Explanation, record: PatientRecord | None, n: int = 5) -> list[EvidenceRow]:
-    """The top evidence with what/value/date read from the patient's own facts where possible."""
-    rows = []
-    for ev in explanation.top(n):
-        fact = _fact_for(record, ev.reference)
-        what, value, date = _describe(ev, fact)
-        rows.append(EvidenceRow(ev.reference, what, value, date, ev.score))
-    return rows
-
-
-def _describe(ev: Evidence, fact: Any | None) -> tuple[str, str, str]:
-    if fact is None:
-        return ev.display, "", ""
+def _what(fact: Any, display: str) -> str:
     concept = getattr(fact, "code", None)
     if concept is None and getattr(fact, "types", None):
         concept = fact.types[0]  # encounters are named by their type
+    if concept is None and getattr(fact, "categories", None) and hasattr(fact.categories[0], "display"):
+        concept = fact.categories[0]  # care plans by their category
     what = concept.display if concept is not None and hasattr(concept, "display") else None
-    what = what or re.sub(r",\s*\d{4}-\d{2}-\d{2}$", "", ev.display)
-    if ev.resource_type == "Patient":
-        what = ev.display
-    value = ""
-    if isinstance(fact, Observation):
-        if fact.value is not None:
-            value = f"{fact.value:g} {fact.unit or ''}".strip()
-        elif fact.value_concept is not None and fact.value_concept.display:
-            value = fact.value_concept.display
-    date = fact.date.date().isoformat() if isinstance(fact.date, datetime) else ""
-    if ev.resource_type == "Patient":
-        date = ""
-    return what, value, date
+    return what or re.sub(r",\s*\d{4}-\d{2}-\d{2}$", "", display)
+
+
+def _date(fact: Any) -> str:
+    return clinical_text.clinical_date(fact.date) if isinstance(fact.date, datetime) else ""
+
+
+def evidence_rows(explanation: Explanation, record: PatientRecord | None, n: int = 5) -> list[EvidenceRow]:
+    """The top evidence with kind/what/value/date read from the patient's own facts where possible."""
+    index = FactIndex(record)
+    rows = []
+    for ev in explanation.top(n):
+        kind, what, value, date = index.describe(ev.reference, ev.resource_type, ev.display)
+        rows.append(EvidenceRow(ev.reference, what, value, date, ev.score, kind))
+    return rows
 
 
 def _phrase(row: EvidenceRow) -> str:
@@ -138,11 +170,11 @@ def detail_markdown(
         lines.append(_md(rationale(consideration, rows, additive)))
         lines.append("")
         unit = "contribution (probability)" if additive else "relevance"
-        lines.append(f"| What | Value | Date | {unit} |")
-        lines.append("|---|---|---|---|")
+        lines.append(f"| Kind | What | Value | Date | {unit} |")
+        lines.append("|---|---|---|---|---|")
         for r in rows:
             arrow = ("▲ +" if r.score > 0 else "▼ ") if additive else ""
-            lines.append(f"| {_md(r.what)} | {_md(r.value)} | {r.date} | {arrow}{r.score:.3f} |")
+            lines.append(f"| {r.kind} | {_md(r.what)} | {_md(r.value)} | {r.date} | {arrow}{r.score:.3f} |")
         lines.append("")
         method = METHOD_NAMES.get(explanation.method, explanation.method)
         if explanation.completeness_error is not None:
@@ -154,9 +186,49 @@ def detail_markdown(
         f"Probability {consideration.probability:.2f} (threshold {consideration.threshold:.2f}); "
         f"model {model_version}."
     )
+    lost = unread.could_not_read_sentence(record) if record is not None else None
+    if lost:
+        lines.append("")
+        lines.append(f"**{_md(lost)}**: the model did not see them (listed on the explanation page).")
     lines.append("")
     lines.append(f"*{CAVEAT}*")
     return "\n".join(lines)
+
+
+def no_facts_card(record: PatientRecord, source_label: str, model_card_url: str | None) -> Card:
+    """The one card of a call whose record holds no clinical facts: no considerations, and why (an
+    empty answer would read as "nothing to consider"). Information only: no suggestion, no action."""
+    lost = unread.could_not_read(record)
+    if lost:
+        summary = "No considerations: none of this patient's clinical data could be read"
+        why = f"**{_md(unread.could_not_read_sentence(record) or '')}**."
+    else:
+        summary = "No considerations: no clinical data about this patient was received"
+        others = record.resources - 1
+        why = (
+            "The call carried the Patient resource only."
+            if others <= 0
+            else f"Besides the Patient, the call carried {others} resources, none of them clinical data "
+            "the model reads."
+        )
+    lines = [
+        "The model read 0 clinical facts (only age and sex), so it offers no considerations rather than a "
+        "guess from demographics alone.",
+        "",
+        why,
+        "",
+        "Check that the EHR sends the patient's conditions, medications and observations (prefetch) or "
+        "lets this service query its FHIR server.",
+        "",
+        f"*{CAVEAT}*",
+    ]
+    return Card(
+        uuid=new_uuid(),
+        summary=summary,
+        detail="\n".join(lines),
+        indicator="info",
+        source=Source(label=source_label, url=model_card_url),
+    )
 
 
 def summary_for(consideration: Consideration) -> str:
@@ -217,6 +289,7 @@ def suggestion_for(consideration: Consideration, patient_id: str) -> Suggestion:
     return Suggestion(
         label=label[:200],
         uuid=new_uuid(),
+        isRecommended=False,  # a model's consideration for the clinician to weigh, never a recommendation
         actions=[Action(type="create", description=description, resource=resource)],
     )
 
@@ -239,9 +312,11 @@ def build_card(
 ) -> Card:
     links = []
     if view_url:
-        links.append(Link(label="Why this suggestion?", url=view_url, type="absolute"))
+        links.append(Link(label="Why this suggestion?", url=view_url, type="absolute", autolaunchable=False))
     if smart_launch_url:
-        links.append(Link(label="Open in the SMART app", url=smart_launch_url, type="smart"))
+        links.append(
+            Link(label="Open in the SMART app", url=smart_launch_url, type="smart", autolaunchable=False)
+        )
     suggestions = [suggestion_for(consideration, patient_id)] if suggest else None
     return Card(
         uuid=card_uuid or new_uuid(),

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from cds_plugin.cards.card_builder import CAVEAT, evidence_rows
+from cds_plugin.cards.card_builder import CAVEAT, FactIndex, evidence_rows
 from cds_plugin.explain.explanation import Explanation
+from cds_plugin.fhir import unread
 from cds_plugin.fhir.linearize import Linearization, Segment
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.assessment import Consideration
@@ -62,14 +63,48 @@ def view_payload(
         "consideration": consideration.to_json(),
         "explanations": {name: e.to_json() for name, e in explanations.items()},
         "evidence_rows": [
-            {"reference": r.reference, "what": r.what, "value": r.value, "date": r.date, "score": r.score}
+            {
+                "reference": r.reference,
+                "kind": r.kind,
+                "what": r.what,
+                "value": r.value,
+                "date": r.date,
+                "score": r.score,
+            }
             for r in rows
         ],
+        # every resource of the model input in clinical words, for the rows of the other methods
+        "resources": _described(record, linearization),
         "timeline": timeline,
         "patient_reference": record.reference if record is not None else None,
+        # what the call's resources became: read, or unread by reason (counts only, no patient data)
+        "input": input_account(record) if record is not None else None,
         # the model input, so the view can run other methods (attention, SHAP) on the same facts later
         "reference_time": linearization.reference_time.isoformat() if linearization is not None else None,
         "segments": [segment_json(s) for s in linearization.segments] if linearization is not None else [],
+    }
+
+
+def _described(record: PatientRecord | None, linearization: Linearization | None) -> dict[str, Any]:
+    if linearization is None:
+        return {}
+    index = FactIndex(record)
+    out: dict[str, Any] = {}
+    for segment in linearization.segments:
+        if segment.reference not in out:
+            kind, what, value, date = index.describe(
+                segment.reference, segment.resource_type, segment.display
+            )
+            out[segment.reference] = {"kind": kind, "what": what, "value": value, "date": date}
+    return out
+
+
+def input_account(record: PatientRecord) -> dict[str, Any]:
+    """The record's resource accounting (cds_plugin.fhir.unread) for the page."""
+    return {
+        **unread.summary(record),
+        "readable": unread.readable(record),
+        "not_used_types": dict(sorted(record.skipped.items())),
     }
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cds_plugin.explain.explanation import Evidence, Explanation, FactScore, TokenScore
-from cds_plugin.fhir.linearize import observation_value
+from cds_plugin.fhir.clinical_text import observation_value as clinical_value
 from cds_plugin.fhir.record import Observation
 
 if TYPE_CHECKING:
@@ -40,11 +40,12 @@ def spread_over_tokens(inp: ExplainInput, scores: Mapping[int, float]) -> np.nda
 
 
 def _segment_part(segment: Segment, fact: Any, age: float | None) -> str:
-    """What the fact is, with its value and unit for an observation."""
+    """What the fact is, with its value and unit for an observation, in clinical words (rounded to the
+    quantity's precision, units as clinicians write them: cds_plugin.fhir.clinical_text)."""
     if segment.resource_type == "Patient":
         return segment.text
     if isinstance(fact, Observation):
-        value = observation_value(fact, age)
+        value = clinical_value(fact)
         return f"{segment.display} {value}".strip() if value else segment.display
     return segment.display
 

@@ -1,5 +1,8 @@
 """Cutting a record at a reference time, so training and evaluation see only what was known then.
 
+`as_of(record, when)` is the one entry point (`read_record(..., as_of=when)` calls it). This module
+depends on cds_plugin.fhir.record, never the reverse.
+
 Rules (times compared in UTC; a date without time is that whole day, see times.py):
 
 - A fact dated after the cut is dropped. So is one recorded or issued after it (a condition entered
@@ -11,6 +14,7 @@ Rules (times compared in UTC; a date without time is that whole day, see times.p
   `stopped` prescription without an end, a `completed` care plan without period end) is `unknown` when
   the input has data after the cut; when the cut is after all the data, the recorded status stands.
 - The patient: a death after the cut is cleared; `deceased: true` without a date becomes unknown (None).
+- A resource whose facts were all dropped is counted in `record.unread` as `after-cut` (unread.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import date, datetime
+from types import MappingProxyType
 
 from cds_plugin.fhir.record import (
     TERMINAL_CONDITION_STATUSES,
@@ -36,18 +41,19 @@ from cds_plugin.fhir.record import (
     Procedure,
 )
 from cds_plugin.fhir.times import to_cut
+from cds_plugin.fhir.unread import AFTER_CUT
 
 _replace = dataclasses.replace
 
 
-def cut_record(record: PatientRecord, when: datetime | date) -> PatientRecord:
-    """The record as it stood at `when` (see the module docstring for the rules)."""
+def as_of(record: PatientRecord, when: datetime | date) -> PatientRecord:
+    """The record as it stood at `when`: later facts dropped, statuses read as of then (rules above)."""
     cut = to_cut(when)
     if record.as_of_time is not None and record.as_of_time < cut:
         cut = record.as_of_time  # a record already cut earlier knows nothing later
     # Before the last date of the input, a status without a date may have been set after the cut.
     later_data = record.data_until is not None and record.data_until > cut
-    return _replace(
+    cut_record = _replace(
         record,
         patient=_patient(record.patient, cut, later_data),
         conditions=_keep(record.conditions, cut, later_data, _condition),
@@ -61,6 +67,16 @@ def cut_record(record: PatientRecord, when: datetime | date) -> PatientRecord:
         reference_time=cut,
         as_of_time=cut,
     )
+    # resources whose facts all lie after the cut are accounted for (unread.py), not silently gone
+    dropped = len(_clinical_references(record) - _clinical_references(cut_record))
+    if dropped:
+        unread = {**record.unread, AFTER_CUT: record.unread.get(AFTER_CUT, 0) + dropped}
+        cut_record = _replace(cut_record, unread=MappingProxyType(unread))
+    return cut_record
+
+
+def _clinical_references(record: PatientRecord) -> set[str]:
+    return {fact.reference for fact in record.facts() if fact.resource_type != "Patient"}
 
 
 def _keep(facts: tuple, cut: datetime, later_data: bool, adjust: Callable) -> tuple:

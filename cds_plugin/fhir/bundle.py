@@ -8,12 +8,14 @@ incomplete: the record notes it (following links is the caller's job, see `next_
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cds_plugin.errors import FhirInputError, InputLimitError
 from cds_plugin.fhir.limits import Limits
+from cds_plugin.fhir.unread import NOT_CLINICAL, UNPARSEABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,11 @@ def iter_bundle(
     notes: list[str],
     depth: int = 1,
     strict: bool = False,
+    unread: Counter[str] | None = None,
 ) -> Iterator[Entry]:
-    """Yield the resources of a Bundle (and of Bundles nested in it)."""
+    """Yield the resources of a Bundle (and of Bundles nested in it); entries that are not readable
+    resources, and search outcomes, are counted in `unread` by reason (unread.py)."""
+    unread = Counter() if unread is None else unread
     if depth > limits.max_depth:
         raise InputLimitError(f"{where}: Bundles nested deeper than {limits.max_depth}", expression=where)
     btype = bundle.get("type")
@@ -79,6 +84,7 @@ def iter_bundle(
         at = f"{where}.entry[{i}]"
         if type(entry) is not dict:
             _problem(f"Bundle: entry[{i}]: not an object", at, notes, strict)
+            unread[UNPARSEABLE] += 1
             continue
         resource = entry.get("resource")
         if resource is None:
@@ -89,6 +95,7 @@ def iter_bundle(
             full_url = None
         if type(resource) is not dict:
             _problem(f"Bundle: entry[{i}].resource: not an object", at + ".resource", notes, strict)
+            unread[UNPARSEABLE] += 1
             continue
         rtype = resource.get("resourceType")
         if type(rtype) is not str or not rtype:
@@ -98,9 +105,11 @@ def iter_bundle(
                 notes,
                 strict,
             )
+            unread[UNPARSEABLE] += 1
             continue
         search = entry.get("search")
         if type(search) is dict and search.get("mode") == "outcome":
+            unread[NOT_CLINICAL] += 1  # an OperationOutcome about the search
             continue
         if rtype == "Bundle":
             yield from iter_bundle(
@@ -111,6 +120,7 @@ def iter_bundle(
                 notes=notes,
                 depth=depth + 1,
                 strict=strict,
+                unread=unread,
             )
             continue
         yield Entry(resource, full_url, at + ".resource")

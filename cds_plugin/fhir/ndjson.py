@@ -145,6 +145,8 @@ def _subject_key(resource: dict, rtype: str) -> str | None:
     parsed = parse_reference(ref)
     if parsed.kind == "literal" and parsed.type == "Patient":
         return f"Patient/{parsed.id}"
+    if parsed.kind == "urn" and parsed.id is not None:
+        return f"Patient/{parsed.id}"  # `urn:uuid:<id>` naming the Patient's id
     return None
 
 

@@ -6,6 +6,7 @@ the record notes it so the caller can decide whether to query the FHIR server in
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from cds_plugin.fhir.limits import (
     Limits,
 )
 from cds_plugin.fhir.record import PatientRecord
+from cds_plugin.fhir.unread import NOT_CLINICAL, UNPARSEABLE
 
 
 def iter_prefetch(
@@ -30,8 +32,11 @@ def iter_prefetch(
     notes: list[str],
     strict: bool = False,
     where: str = "prefetch",
+    unread: Counter[str] | None = None,
 ) -> Iterator[Entry]:
-    """Yield the resources of a prefetch object, in key order as given."""
+    """Yield the resources of a prefetch object, in key order as given (values that are not resources
+    counted in `unread`)."""
+    unread = Counter() if unread is None else unread
     for key, value in prefetch.items():
         at = f"{where}.{key}"
         if value is None:
@@ -42,12 +47,16 @@ def iter_prefetch(
             if strict:
                 raise FhirInputError(message, expression=at)
             notes.append(message + "; skipped")
+            unread[UNPARSEABLE] += 1
             continue
         rtype = value["resourceType"]
         if rtype == "Bundle":
-            yield from iter_bundle(value, at, limits=limits, counter=counter, notes=notes, strict=strict)
+            yield from iter_bundle(
+                value, at, limits=limits, counter=counter, notes=notes, strict=strict, unread=unread
+            )
         elif rtype == "OperationOutcome":
             notes.append(f"{at}: OperationOutcome instead of data (the client could not prefetch)")
+            unread[NOT_CLINICAL] += 1
         else:
             counter.add(1, at)
             yield Entry(value, None, at)
@@ -80,11 +89,17 @@ def read_prefetch(
     if not isinstance(prefetch, Mapping) or "resourceType" in prefetch:
         raise FhirInputError("prefetch: not a prefetch object", expression="prefetch")
     counter = EntryCounter(options.limits)
-    notes: list[str] = []
-    kwargs = {"limits": options.limits, "counter": counter, "notes": notes, "strict": options.strict}
-    entries = list(iter_prefetch(dict(prefetch), where="prefetch", **kwargs))
+    collected = Collected([], [])
+    kwargs = {
+        "limits": options.limits,
+        "counter": counter,
+        "notes": collected.notes,
+        "strict": options.strict,
+        "unread": collected.unread,
+    }
+    collected.entries.extend(iter_prefetch(dict(prefetch), where="prefetch", **kwargs))
     if draft_orders is not None:
         if not isinstance(draft_orders, Mapping) or draft_orders.get("resourceType") != "Bundle":
             raise FhirInputError("context.draftOrders: not a Bundle", expression="context.draftOrders")
-        entries.extend(iter_bundle(dict(draft_orders), "context.draftOrders", **kwargs))
-    return pick_record(read_entries(Collected(entries, notes), options), patient_id)
+        collected.entries.extend(iter_bundle(dict(draft_orders), "context.draftOrders", **kwargs))
+    return pick_record(read_entries(collected, options), patient_id)

@@ -48,10 +48,11 @@ def read_record(
 ) -> PatientRecord:
     """Read one patient's record from any accepted source.
 
-    `as_of` cuts the record at that time (see `PatientRecord.as_of`); without it nothing is cut and ages
-    are computed at the time of the call. `patient_id` picks the patient when the input holds several
-    (and must match when it holds one). `strict=True` turns skipped malformed resources into errors;
-    a malformed or missing Patient is always an error. Raises FhirInputError or InputLimitError only.
+    `as_of` cuts the record at that time (see as_of.py); without it nothing is cut and ages are computed
+    at the time of the call (the one rule: reference_time.py). `patient_id` picks the patient when the
+    input holds several (and must match when it holds one). `strict=True` turns skipped malformed
+    resources into errors; a malformed or missing Patient is always an error. Raises FhirInputError or
+    InputLimitError only.
     """
     options = Options.make(
         as_of=as_of,
@@ -102,49 +103,56 @@ def read_records(
 def _source_entries(source: Source, options: Options, where: str | None = None) -> Collected:
     counter = EntryCounter(options.limits)
     collected = Collected([], [])
-    collected.entries.extend(_walk(source, options, counter, collected.notes, where))
+    collected.entries.extend(_walk(source, options, counter, collected, where))
     return collected
 
 
 def _walk(
-    source: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None, depth: int = 0
+    source: Any, options: Options, counter: EntryCounter, found: Collected, where: str | None, depth: int = 0
 ) -> Iterator[Entry]:
     _check_list_depth(depth, options, where)
     if isinstance(source, Mapping):
         data = source if type(source) is dict else dict(source)
-        yield from _walk_json(data, options, counter, notes, where)
+        yield from _walk_json(data, options, counter, found, where)
         return
     if isinstance(source, bytes | bytearray | memoryview):
-        yield from _walk_json(loads(source, options.limits), options, counter, notes, where)
+        yield from _walk_json(loads(source, options.limits), options, counter, found, where)
         return
     if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
-        yield from _walk_json(loads(source, options.limits), options, counter, notes, where)
+        yield from _walk_json(loads(source, options.limits), options, counter, found, where)
         return
     path = _as_path(source)
     if path is not None:
-        yield from _walk_json(_load_file(path, options.limits), options, counter, notes, where or path.name)
+        yield from _walk_json(_load_file(path, options.limits), options, counter, found, where or path.name)
         return
     if isinstance(source, list | tuple):
         for i, item in enumerate(source):
-            yield from _walk(item, options, counter, notes, f"{where or 'input'}[{i}]", depth + 1)
+            yield from _walk(item, options, counter, found, f"{where or 'input'}[{i}]", depth + 1)
         return
     raise FhirInputError("input: not FHIR JSON, a file or a folder", expression=where or "$")
 
 
 def _walk_json(
-    data: Any, options: Options, counter: EntryCounter, notes: list[str], where: str | None, depth: int = 0
+    data: Any, options: Options, counter: EntryCounter, found: Collected, where: str | None, depth: int = 0
 ) -> Iterator[Entry]:
     limits, strict = options.limits, options.strict
+    notes, unread = found.notes, found.unread
     if type(data) is list:
         _check_list_depth(depth + 1, options, where)
         for i, item in enumerate(data):
-            yield from _walk_json(item, options, counter, notes, f"{where or 'input'}[{i}]", depth + 1)
+            yield from _walk_json(item, options, counter, found, f"{where or 'input'}[{i}]", depth + 1)
         return
     if type(data) is not dict:
         raise FhirInputError("input: not a FHIR resource, Bundle or prefetch object", expression=where or "$")
     if "resourceType" not in data:
         yield from iter_prefetch(
-            data, limits=limits, counter=counter, notes=notes, strict=strict, where=where or "prefetch"
+            data,
+            limits=limits,
+            counter=counter,
+            notes=notes,
+            strict=strict,
+            where=where or "prefetch",
+            unread=unread,
         )
         return
     rtype = data["resourceType"]
@@ -152,7 +160,7 @@ def _walk_json(
         raise FhirInputError("input: resourceType: not a string", expression=f"{where or '$'}.resourceType")
     if rtype == "Bundle":
         yield from iter_bundle(
-            data, where or "Bundle", limits=limits, counter=counter, notes=notes, strict=strict
+            data, where or "Bundle", limits=limits, counter=counter, notes=notes, strict=strict, unread=unread
         )
         return
     counter.add(1, where or rtype)

@@ -99,6 +99,12 @@ class Patient(Fact):
     deceased: bool | None = False  # None: unknown at the as_of time
     deceased_at: datetime | None = None
 
+    def is_deceased_at(self, when: datetime) -> bool:
+        """Dead at `when`: `deceasedDateTime` at or before it, or `deceasedBoolean` true (unknown: no)."""
+        if self.deceased_at is not None:
+            return self.deceased_at <= when
+        return self.deceased is True
+
     def age_at(self, when: datetime) -> float | None:
         """Age in years at `when` (fractional), None without a birth date or before birth."""
         if self.birth_date is None:
@@ -231,8 +237,10 @@ class PatientRecord:
 
     Fact tuples are sorted by date (undated first), then reference and path, so a record is reproducible.
     `issues` lists what was skipped or left unresolved, naming resources and elements, never values.
-    `skipped` counts resources of types the model does not use. `data_until` is the latest date found
-    anywhere in the input (kept through `as_of`): before it, a terminal status without a date is unknown.
+    `resources` counts the input resources and `unread` those that did not become facts, by reason
+    (unread.py: nothing is dropped silently); `skipped` counts resources of types the model does not
+    use, by type. `data_until` is the latest date found anywhere in the input (kept through `as_of`):
+    before it, a terminal status without a date is unknown.
     """
 
     patient: Patient
@@ -247,6 +255,8 @@ class PatientRecord:
     care_plans: tuple[CarePlan, ...] = ()
     issues: tuple[str, ...] = ()
     skipped: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    resources: int = 0
+    unread: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     as_of_time: datetime | None = None
     data_until: datetime | None = None
 
@@ -258,6 +268,11 @@ class PatientRecord:
     def age(self) -> float | None:
         """Age in years at the reference time."""
         return self.patient.age_at(self.reference_time)
+
+    @property
+    def deceased(self) -> bool:
+        """The patient had died at the reference time (no service offers considerations then)."""
+        return self.patient.is_deceased_at(self.reference_time)
 
     def facts(self) -> Iterator[Fact]:
         """The patient, then every fact, in field order."""
@@ -272,10 +287,8 @@ class PatientRecord:
         return refs
 
     def as_of(self, when: datetime | date) -> PatientRecord:
-        """The record as it stood at `when`: later facts dropped, statuses read as of then.
+        """Deprecated shim for cds_plugin.model (task.py, engine.py) until it calls
+        `cds_plugin.fhir.as_of.as_of(record, when)`; the lazy import is the last tie back to as_of.py."""
+        from cds_plugin.fhir.as_of import as_of
 
-        See cds_plugin.fhir.as_of for the rules.
-        """
-        from cds_plugin.fhir.as_of import cut_record
-
-        return cut_record(self, when)
+        return as_of(self, when)

@@ -318,7 +318,7 @@ def _medication(resource: dict, ref: str, ctx: Context) -> tuple[Concept | None,
     if target_ref is None:
         ctx.notes.append(f"{ref}: medicationReference: no reference, display only")
         return fallback, None, "MedicationRequest.medicationReference"
-    kind, target, target_name = ctx.index.resolve(target_ref, resource)
+    kind, target, target_name = ctx.index.resolve(target_ref, resource, want="Medication")
     if target is None or target.get("resourceType") != "Medication":
         what = "conditional reference kept unresolved" if kind == "conditional" else "not found in the input"
         ctx.notes.append(f"{ref}: medicationReference: {what}")

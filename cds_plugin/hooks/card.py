@@ -1,7 +1,9 @@
 """CDS Hooks Card and the objects it carries: Source, Suggestion, Action, Link, override reasons.
 
 The validators enforce the response invariants of CDS Hooks 2.0 (cds-resp-1..6), so a card that breaks
-the spec cannot be built by a service in the first place.
+the spec cannot be built by a service in the first place. Optional booleans (`Suggestion.isRecommended`,
+`Link.autolaunchable`) are left out when None; the clinical cards set them explicitly (False), since some
+clients' models require them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Link(WireModel):
     url: AbsoluteUrl
     type: Literal["absolute", "smart"]
     appContext: str | None = None
+    #: CDS Hooks 2.0 spells it all lower case; optional, but some clients' models require it
+    autolaunchable: bool | None = None
 
     @model_validator(mode="after")
     def _app_context_only_for_smart(self) -> Link:

@@ -6,7 +6,8 @@
                       prefetch={"patient": "Patient/{{context.patientId}}"})
     def bmi_check(call: HookCall) -> CDSResponse: ...
 
-Several services may share a hook; ids are unique. Templates are checked by `validate()`, which the app
+Several services may share a hook; ids are unique (a service id is the last segment of its URL, so one id
+serves one hook). Templates are checked by `validate()`, which the app
 factory calls at start-up so an invalid template stops the service with a clear message.
 """
 
@@ -32,7 +33,8 @@ class ServiceConfigurationError(ValueError):
 
 @dataclass
 class HookCall:
-    """Everything a handler needs for one call; `model_version` is set by the handler for the call log."""
+    """Everything a handler needs for one call; `model_version` and `log_fields` are set by the handler
+    for the call log."""
 
     service: Service
     request: CDSRequest
@@ -42,6 +44,10 @@ class HookCall:
     model_version: str | None = None
     #: The service's public base URL (for absolute links in cards), e.g. https://cds.example.org
     base_url: str | None = None
+    #: Extra fields the handler adds to the call's log line: counts and fixed words only, never PHI
+    log_fields: dict[str, Any] = field(default_factory=dict)
+    #: The patient's pseudonym (cds_plugin.storage.pseudonym) when the context names a patient
+    patient_key: str | None = None
 
     @property
     def hook_instance(self) -> str:
@@ -97,22 +103,24 @@ class Service:
 
 
 class ServiceRegistry:
-    """An ordered set of services by id and hook.
+    """An ordered set of services, one per id.
 
-    One id may be registered on several hooks (e.g. `order-review` on order-select and order-sign):
-    discovery then lists it once per hook, which is how CDS Hooks 2.0 lets a service update its
-    guidance as the workflow moves on (requirement 211); a call is routed by its `hook`.
+    The id is the last segment of the service's URL (`{base}/cds-services/{id}`), so it names exactly one
+    discovery entry and one hook: a service that follows the workflow (order-select, then order-sign)
+    registers one id per hook (`order-select-review`, `order-sign-review`). A call whose `hook` is not
+    its service's hook is refused.
     """
 
     def __init__(self) -> None:
-        self._services: dict[tuple[str, str], Service] = {}
+        self._services: dict[str, Service] = {}
 
     def add(self, service: Service) -> Service:
         if not SERVICE_ID.match(service.id):
             raise ServiceConfigurationError(f"service id {service.id!r} is not URL-safe")
-        if (service.id, service.hook) in self._services:
+        if service.id in self._services:
             raise ServiceConfigurationError(
-                f"service id {service.id!r} is registered twice on {service.hook!r}"
+                f"service id {service.id!r} is registered twice (on {self._services[service.id].hook!r} "
+                f"and {service.hook!r}); ids are the last segment of the service URL and must be unique"
             )
         if not service.description:
             raise ServiceConfigurationError(f"service {service.id!r}: a description is required")
@@ -121,7 +129,7 @@ class ServiceRegistry:
             raise ServiceConfigurationError(
                 f"service {service.id!r}: optional_prefetch names unknown keys {sorted(unknown_optional)}"
             )
-        self._services[(service.id, service.hook)] = service
+        self._services[service.id] = service
         return service
 
     def service(
@@ -159,13 +167,15 @@ class ServiceRegistry:
         return register
 
     def get(self, service_id: str, hook: str | None = None) -> Service | None:
-        """The service registered as `service_id` on `hook` (or on its first hook when none is given)."""
-        if hook is not None:
-            return self._services.get((service_id, hook))
-        return next((s for (sid, _), s in self._services.items() if sid == service_id), None)
+        """The service `service_id` (None when it does not answer `hook`, if one is given)."""
+        service = self._services.get(service_id)
+        if service is None or (hook is not None and service.hook != hook):
+            return None
+        return service
 
     def hooks_of(self, service_id: str) -> list[str]:
-        return [hook for sid, hook in self._services if sid == service_id]
+        service = self._services.get(service_id)
+        return [service.hook] if service is not None else []
 
     def __iter__(self) -> Iterator[Service]:
         return iter(self._services.values())

@@ -1,7 +1,8 @@
 """The clinical services: diagnosis and treatment considerations on patient-view, order review on
-order-select and order-sign. Each joins a hook to the Engine, the explainers and the card builder.
+order-select (`order-select-review`) and order-sign (`order-sign-review`). Each joins a hook to the
+Engine, the explainers and the card builder.
 
-The Engine is loaded once per worker (the services' `load`), shared by the three services. Cards carry
+The Engine is loaded once per worker (the services' `load`), shared by the four services. Cards carry
 the explanation named by `card_explanation_method` (integrated gradients by default); with a cheaper
 method on the card, integrated gradients are computed right after the response and added to the
 explanation page (decided by measurement, docs/explanations.md).
@@ -19,8 +20,9 @@ from datetime import UTC
 from typing import Any
 
 from cds_plugin import metrics
-from cds_plugin.cards.card_builder import build_card
+from cds_plugin.cards.card_builder import build_card, no_facts_card
 from cds_plugin.cards.view_data import view_payload
+from cds_plugin.fhir import unread
 from cds_plugin.fhir.prefetch import read_prefetch
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.hooks.card import Card, new_uuid
@@ -51,15 +53,18 @@ OPTIONAL = frozenset(PREFETCH) - {"patient"}
 WARM_UP_PATIENT = {"resourceType": "Patient", "id": "warm-up", "gender": "unknown", "birthDate": "1970-01-01"}
 #: A drafted medication rated below this (and below a quarter of its threshold) gets an info card.
 UNLIKELY_DRAFT = 0.05
+SOURCE_LABEL = "cds-plugin considerations (synthetic-data model)"
 
 
 @dataclass
 class ServiceEnvironment:
-    """What the services need from the running app: settings and where explanation pages live."""
+    """What the services need from the running app: settings, where explanation pages live, and the
+    overrides remembered per patient."""
 
     settings: Settings
     explanation_store: Any  # cds_plugin.storage.explanation_store.ExplanationStore, or None
     link_signer: Any  # cds_plugin.web.link_tokens.LinkSigner, or None
+    override_store: Any = None  # cds_plugin.storage.override_store.OverrideStore, or None
 
 
 _env: ServiceEnvironment | None = None
@@ -106,12 +111,50 @@ def load_engine() -> Any:
 
 
 def _record(call: HookCall) -> PatientRecord:
+    """The call's patient record, its resources accounted for in the log line and the metrics."""
     draft = call.context.model_dump().get("draftOrders")
-    return read_prefetch(
+    record = read_prefetch(
         {k: v for k, v in call.prefetch.items() if v is not None},
         patient_id=call.context.patientId,
         draft_orders=draft,
     )
+    counts = unread.summary(record)
+    call.log_fields.update(counts)
+    metrics.unread_resources(call.service.id, record.unread)
+    if counts["could_not_read"]:
+        log.warning(
+            "%s: %d of %d input resources could not be read (%s)",
+            call.service.id,
+            counts["could_not_read"],
+            unread.readable(record),
+            ", ".join(f"{r} {n}" for r, n in counts["unread"].items() if r in unread.LOST),
+        )
+    return record
+
+
+def _without_considerations(call: HookCall, record: PatientRecord) -> CDSResponse | None:
+    """The answer when no consideration may be offered (None otherwise): the patient had died at the
+    reference time (no cards), or nothing but demographics was read (one info card saying why, so the
+    silence is not taken for "nothing to consider")."""
+    reason = None
+    if record.deceased:
+        reason = "deceased"
+    elif unread.clinical_facts(record) == 0:
+        reason = "no-clinical-facts"
+    if reason is None:
+        return None
+    call.log_fields["withheld"] = reason
+    metrics.call_without_considerations(call.service.id, reason)
+    if reason == "deceased":
+        log.info("%s: the patient is deceased at the reference time: no considerations", call.service.id)
+        return CDSResponse(cards=[])
+    log.warning(
+        "%s: 0 clinical facts read from %d input resources (%d could not be read): no considerations",
+        call.service.id,
+        record.resources,
+        unread.could_not_read(record),
+    )
+    return CDSResponse(cards=[no_facts_card(record, SOURCE_LABEL, _model_card_url(call))])
 
 
 def _drafted(record: PatientRecord) -> set[str]:
@@ -151,7 +194,7 @@ def _issue_cards(
                 explanation,
                 assessment.record,
                 model_version=engine.version,
-                source_label="cds-plugin considerations (synthetic-data model)",
+                source_label=SOURCE_LABEL,
                 model_card_url=_model_card_url(call),
                 view_url=view_url,
                 patient_id=call.context.patientId,
@@ -223,18 +266,51 @@ def _add_integrated_gradients(
     store.update_payload(entry_id, payload)
 
 
-def _suggested(items: Sequence[Consideration], exclude: set[str], limit: int) -> list[Consideration]:
+def _overridden(call: HookCall) -> set[str]:
+    """Considerations (`system|code`) overridden for this patient within `override_snooze_days`; none
+    when the database cannot say (the call goes on: cards are shown rather than the call failing)."""
+    env = environment()
+    days = env.settings.override_snooze_days
+    if env.override_store is None or call.patient_key is None or days <= 0:
+        return set()
+    try:
+        return env.override_store.overridden(call.patient_key, days)
+    except Exception as exc:
+        log.warning("overrides not read, cards not held back: %s", type(exc).__name__)
+        return set()
+
+
+def _not_overridden(
+    call: HookCall, items: Sequence[Consideration], overridden: set[str]
+) -> list[Consideration]:
+    kept = [c for c in items if f"{c.system}|{c.code}" not in overridden]
+    if len(kept) < len(items):
+        metrics.considerations_snoozed(call.service.id, len(items) - len(kept))
+        call.log_fields["snoozed"] = len(items) - len(kept)
+    return kept
+
+
+def _suggested(
+    call: HookCall, items: Sequence[Consideration], exclude: set[str], limit: int, overridden: set[str]
+) -> list[Consideration]:
+    """What cards may propose, best first, at most `limit`: likely, above the floor, not excluded and
+    not overridden for this patient lately."""
     floor = environment().settings.min_card_probability
-    return [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude][:limit]
+    candidates = [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude]
+    return _not_overridden(call, candidates, overridden)[:limit]
 
 
 def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
     """patient-view: the most likely considerations of one kind (DIAGNOSIS or TREATMENT) as cards."""
     engine = load_engine()
     call.model_version = engine.version
-    assessment = engine.assess(_record(call))
+    record = _record(call)
+    withheld = _without_considerations(call, record)
+    if withheld is not None:
+        return withheld
+    assessment = engine.assess(record)
     of_kind = assessment.diagnoses if kind == DIAGNOSIS else assessment.treatments
-    items = _suggested(of_kind, set(), environment().settings.max_cards)
+    items = _suggested(call, of_kind, set(), environment().settings.max_cards, _overridden(call))
     return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
 
 
@@ -248,30 +324,43 @@ def treatment_considerations(call: HookCall) -> CDSResponse:
 
 def order_review(call: HookCall) -> CDSResponse:
     """Considerations with the draft in mind; a drafted medication the model finds very unlikely for this
-    patient gets an info card with its evidence (never a block)."""
+    patient gets an info card with its evidence (never a block). At most `max_cards` cards in all: the
+    unusual drafts first (they are about the order being placed), then the best considerations."""
     engine = load_engine()
     call.model_version = engine.version
     record = _record(call)
+    withheld = _without_considerations(call, record)
+    if withheld is not None:
+        return withheld
     drafted = _drafted(record)
     assessment = engine.assess(record)
     limit = environment().settings.max_cards
-    cards = _issue_cards(call, engine, assessment, _suggested(assessment.considerations, drafted, limit))
+    overridden = _overridden(call)
+    unusual: list[Consideration] = []
+    baseline = None
     if drafted:
         without = dataclasses.replace(
             record, medication_requests=tuple(m for m in record.medication_requests if m.status != "draft")
         )
         baseline = engine.assess(without)
-        unusual = [
-            c
-            for c in baseline.treatments
-            if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
-        ]
+        unusual = _not_overridden(
+            call,
+            [
+                c
+                for c in baseline.treatments
+                if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
+            ],
+            overridden,
+        )[:limit]
+    suggested = _suggested(call, assessment.considerations, drafted, limit - len(unusual), overridden)
+    cards = _issue_cards(call, engine, assessment, suggested)
+    if baseline is not None and unusual:
         summaries = {
             c.code: f"Drafted {c.display[:70]}: unusual for this patient (model p {c.probability:.2f})"
             for c in unusual
         }
         cards += _issue_cards(
-            call, engine, baseline, unusual[:limit], summaries=summaries, suggest=False, indicator="info"
+            call, engine, baseline, unusual, summaries=summaries, suggest=False, indicator="info"
         )
     return CDSResponse(cards=cards)
 
@@ -296,13 +385,13 @@ def register(registry: ServiceRegistry) -> None:
         usage_requirements="Model trained on synthetic data; not for clinical use.",
         **common,
     )(treatment_considerations)
-    for hook in ("order-select", "order-sign"):
+    for hook, when in (("order-select", "when orders are selected"), ("order-sign", "at signing")):
         registry.service(
-            "order-review",
+            f"{hook}-review",
             hook=hook,
-            title="Order review",
-            description="Considerations with the drafted orders in mind; flags a drafted medication the "
-            "model finds very unlikely for this patient (information only).",
+            title=f"Order review ({hook})",
+            description=f"Considerations with the drafted orders in mind, {when}; flags a drafted "
+            "medication the model finds very unlikely for this patient (information only).",
             usage_requirements="Model trained on synthetic data; not for clinical use.",
             **common,
         )(order_review)

@@ -1,4 +1,5 @@
-"""The service's database: one SQLAlchemy engine shared by feedback, issued cards and the JWT replay cache.
+"""The service's database: one SQLAlchemy engine shared by feedback, issued cards (and the patient
+pseudonym and consideration of each), explanation pages and the JWT replay cache.
 
 A SQLite file by default (WAL journal, synchronous commits, so an acknowledged write survives a crash);
 any SQLAlchemy URL (PostgreSQL when several replicas share state) by setting. The schema is created or
@@ -79,10 +80,22 @@ explanations = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
 )
 
+#: Which patient and consideration each card was about, so an override keeps that consideration from the
+#: patient for a while (override_store.py). The patient is an HMAC pseudonym, never an id.
+card_topics = sa.Table(
+    "card_topics",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("patient_key", sa.String(64), nullable=False, index=True),  # hex HMAC-SHA256
+    sa.Column("topic", sa.String(600), nullable=False),  # the card's source.topic as `system|code`
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 #: Ordered migrations: index i upgrades from version i to i + 1.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     lambda conn: metadata.create_all(conn, tables=[issued_cards, feedback, jwt_replay]),
     lambda conn: metadata.create_all(conn, tables=[explanations]),
+    lambda conn: metadata.create_all(conn, tables=[card_topics]),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

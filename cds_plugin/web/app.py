@@ -19,6 +19,8 @@ from cds_plugin.storage.card_log import CardLog
 from cds_plugin.storage.database import Database
 from cds_plugin.storage.explanation_store import ExplanationStore
 from cds_plugin.storage.feedback_store import FeedbackStore
+from cds_plugin.storage.override_store import OverrideStore
+from cds_plugin.storage.pseudonym import Pseudonymizer
 from cds_plugin.storage.replay_cache import DatabaseReplayCache
 from cds_plugin.web import cds_services, explanation_view, health, metrics, model_card
 from cds_plugin.web.cors import install_cors
@@ -39,10 +41,16 @@ def create_app(settings: Settings | None = None, registry: ServiceRegistry | Non
     db.migrate()
     explanation_store = ExplanationStore(db, settings.explanation_ttl_s)
     link_signer = LinkSigner(load_secret(settings.link_secret, settings.data_dir))
+    pseudonymizer = Pseudonymizer(
+        load_secret(settings.pseudonym_secret, settings.data_dir, "pseudonym_secret")
+    )
+    override_store = OverrideStore(db)
     if registry is None:
         from cds_plugin.services import considerations  # registers the clinical services
 
-        considerations.configure(considerations.ServiceEnvironment(settings, explanation_store, link_signer))
+        considerations.configure(
+            considerations.ServiceEnvironment(settings, explanation_store, link_signer, override_store)
+        )
         registry = default_registry
     registry.validate()
 
@@ -75,6 +83,8 @@ def create_app(settings: Settings | None = None, registry: ServiceRegistry | Non
         db=db,
         feedback_store=FeedbackStore(db),
         card_log=CardLog(db),
+        override_store=override_store,
+        pseudonymizer=pseudonymizer,
         explanation_store=explanation_store,
         link_signer=link_signer,
         trust=trust,

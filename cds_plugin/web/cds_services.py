@@ -64,11 +64,12 @@ def _audience() -> str:
     return request.base_url
 
 
-def _authenticate() -> None:
+def _authenticate() -> str | None:
+    """Check the client's JWT; returns its verified issuer (None when JWT checks are off)."""
     trust = _runtime().trust
     if trust is None:
-        return
-    trust.verify(request.headers.get("Authorization"), _audience())
+        return None
+    return trust.verify(request.headers.get("Authorization"), _audience()).iss
 
 
 def _limits() -> RequestLimits:
@@ -155,7 +156,7 @@ def call_service(service_id: str) -> Response:
     status = 500
     try:
         _service(service_id)
-        _authenticate()
+        issuer = _authenticate()
         counter = ResourceCounter(_limits())  # the request and fetched data share max_entries
         service, call, context = _parse_call(service_id, _body(counter))
         fields.update(hook=service.hook, hookInstance=call.hookInstance)
@@ -169,13 +170,15 @@ def call_service(service_id: str) -> Response:
             prefetch=resolved.data,
             prefetch_sources=resolved.sources,
             base_url=_runtime().settings.public_base_url or request.host_url,
+            patient_key=_patient_key(issuer, context),
         )
         response = service.handler(hook_call)
         if not isinstance(response, CDSResponse):
             raise TypeError(f"service {service.id!r} returned {type(response).__name__}, not CDSResponse")
         response.ensure_uuids()
+        fields.update(hook_call.log_fields)
         fields.update(cards=len(response.cards), model_version=hook_call.model_version)
-        _record_cards(service, call, response, hook_call.model_version)
+        _record_cards(service, call, response, hook_call.model_version, hook_call.patient_key)
         metrics.cards_issued(service, response, hook_call.model_version)
         status = 200
         return _json(response.to_json())
@@ -196,14 +199,26 @@ def call_service(service_id: str) -> Response:
         metrics.hook_call(fields)
 
 
+def _patient_key(issuer: str | None, context: Any) -> str | None:
+    patient_id = getattr(context, "patientId", None)
+    return _runtime().pseudonymizer.patient_key(issuer, patient_id) if patient_id else None
+
+
 def _record_cards(
-    service: Service, call: CDSRequest, response: CDSResponse, model_version: str | None
+    service: Service,
+    call: CDSRequest,
+    response: CDSResponse,
+    model_version: str | None,
+    patient_key: str | None,
 ) -> None:
-    """Keep what was shown so feedback joins to it; a database outage must not fail the hook call."""
+    """Keep what was shown so feedback joins to it, and which patient (pseudonym) and consideration each
+    card was about, so an override holds (override_store.py); a database outage must not fail the call."""
     if not response.cards:
         return
     try:
         _runtime().card_log.record(service.id, service.hook, call.hookInstance, response, model_version)
+        if patient_key is not None:
+            _runtime().override_store.remember(patient_key, response)
     except sa.exc.SQLAlchemyError as exc:
         log.warning("could not record issued cards: %s", type(exc).__name__)
 

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from cds_plugin import metrics
 from cds_plugin.cards.card_builder import OVERRIDE_REASONS, OVERRIDE_SYSTEM, EvidenceRow, rationale
 from cds_plugin.cards.view_data import linearization_from_payload
+from cds_plugin.fhir import unread
 from cds_plugin.hooks.feedback import FeedbackItem
 from cds_plugin.model.assessment import Consideration
 from cds_plugin.model.concepts import DIAGNOSIS
@@ -67,16 +68,17 @@ _shap_slot = threading.BoundedSemaphore(1)
 #: Contributions below this share of the largest are drawn as "little effect".
 NEGLIGIBLE = 0.02
 
+#: Kinds of fact in words, for pages stored before they carried their own (clinical_text.kind_of).
 RESOURCE_LABELS = {
-    "Condition": "Condition",
-    "Observation": "Observation",
-    "MedicationRequest": "Medication",
-    "Procedure": "Procedure",
-    "Immunization": "Immunization",
-    "Encounter": "Encounter",
-    "AllergyIntolerance": "Allergy",
-    "CarePlan": "Care plan",
-    "Patient": "Demographics",
+    "Condition": "problem",
+    "Observation": "observation",
+    "MedicationRequest": "medication",
+    "Procedure": "procedure",
+    "Immunization": "immunization",
+    "Encounter": "encounter",
+    "AllergyIntolerance": "allergy",
+    "CarePlan": "care plan",
+    "Patient": "demographics",
 }
 SYSTEM_LABELS = {
     "http://snomed.info/sct": "SNOMED CT",
@@ -173,6 +175,7 @@ class Row:
     date: str
     score: float
     additive: bool
+    kind: str = ""  # lab, vital sign, problem, medication... (clinical_text.kind_of)
 
     @property
     def direction(self) -> str:
@@ -220,14 +223,26 @@ class Facts:
 
     def __init__(self, payload: Mapping[str, Any]) -> None:
         self.rows = {r["reference"]: r for r in payload.get("evidence_rows", [])}
+        # every resource in clinical words (pages stored since issue 15; older ones parse the segments)
+        self.described: dict[str, Mapping[str, Any]] = dict(payload.get("resources") or {})
         self.segments: dict[str, list[Mapping[str, Any]]] = {}
         for s in payload.get("segments", []):
             self.segments.setdefault(s["reference"], []).append(s)
+
+    def kind(self, reference: str, resource_type: str) -> str:
+        """The kind of fact in words (lab, vital sign, problem...)."""
+        for source in (self.rows, self.described):
+            if source.get(reference, {}).get("kind"):
+                return str(source[reference]["kind"])
+        return RESOURCE_LABELS.get(resource_type, resource_type)
 
     def describe(self, reference: str, resource_type: str, fallback: str) -> tuple[str, str, str]:
         if reference in self.rows:
             r = self.rows[reference]
             return r["what"], r["value"], r["date"]
+        if reference in self.described:
+            d = self.described[reference]
+            return str(d["what"]), str(d["value"]), str(d["date"])
         segments = self.segments.get(reference, [])
         if not segments:
             return fallback, "", ""
@@ -263,7 +278,10 @@ def rows_of(explanation: Mapping[str, Any] | None, facts: Facts, n: int) -> list
     for ev in explanation.get("evidence", [])[:n]:
         fallback = str(ev.get("display", "")).rsplit(", ", 1)[0]
         what, value, date = facts.describe(ev["reference"], ev["resource_type"], fallback)
-        out.append(Row(ev["reference"], ev["resource_type"], what, value, date, float(ev["score"]), additive))
+        kind = facts.kind(ev["reference"], ev["resource_type"])
+        out.append(
+            Row(ev["reference"], ev["resource_type"], what, value, date, float(ev["score"]), additive, kind)
+        )
     return out
 
 
@@ -395,7 +413,7 @@ def timeline_of(payload: Mapping[str, Any], facts: Facts) -> Timeline:
             Chip(
                 what=entry["display"],
                 value=value,
-                kind=RESOURCE_LABELS.get(entry["resource_type"], entry["resource_type"]),
+                kind=facts.kind(entry["reference"], entry["resource_type"]),
                 tone=tone,
                 glyph=glyph,
                 note=note,
@@ -407,6 +425,39 @@ def timeline_of(payload: Mapping[str, Any], facts: Facts) -> Timeline:
     for chips in days.values():
         chips.sort(key=lambda c: (c.tone == "unread", c.kind, c.what))
     return Timeline(days=[Day(d, days[d]) for d in ordered], additive=additive, count=len(entries))
+
+
+@dataclass(frozen=True)
+class InputAccount:
+    """What the call's resources became (cds_plugin.fhir.unread): read into facts, could not be read
+    (data the model should have had), or not used (not clinical, unsupported types, duplicates)."""
+
+    resources: int
+    read: int
+    lost: int
+    readable: int
+    lost_reasons: list[tuple[str, int]]
+    other_reasons: list[tuple[str, int]]
+    not_used_types: str
+
+
+def input_account(payload: Mapping[str, Any]) -> InputAccount | None:
+    """From the stored page (None for pages stored before the accounting existed)."""
+    data = payload.get("input")
+    if not isinstance(data, Mapping):
+        return None
+    counts = {str(k): int(v) for k, v in dict(data.get("unread") or {}).items()}
+    listed = unread.words(counts)
+    types = dict(data.get("not_used_types") or {})
+    return InputAccount(
+        resources=int(data.get("resources", 0)),
+        read=int(data.get("read", 0)),
+        lost=int(data.get("could_not_read", 0)),
+        readable=int(data.get("readable", 0)),
+        lost_reasons=[(words, n) for _, words, n, lost in listed if lost],
+        other_reasons=[(words, n) for _, words, n, lost in listed if not lost],
+        not_used_types=", ".join(f"{t} {n}" for t, n in types.items()),
+    )
 
 
 @dataclass(frozen=True)
@@ -624,7 +675,9 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
     primary = explanations.get(primary_name) if primary_name else None
     chart_rows = rows_of(primary, facts, CHART_ROWS)
     suggestions = _card_suggestions(payload["card_uuid"])
-    evidence_for_rationale = [EvidenceRow(r.reference, r.what, r.value, r.date, r.score) for r in chart_rows]
+    evidence_for_rationale = [
+        EvidenceRow(r.reference, r.what, r.value, r.date, r.score, r.kind) for r in chart_rows
+    ]
     unusual_draft = consideration.probability < consideration.threshold
     created = row.get("created_at")
     expires = row.get("expires_at")
@@ -647,6 +700,7 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
         rows=chart_rows,
         completeness=_completeness(primary),
         timeline=timeline_of(payload, facts),
+        account=input_account(payload),
         columns=_columns(payload, facts, engine, why_not),
         shap_ready=engine is not None,
         shap_budget=_runtime().settings.shap_max_evals,

@@ -30,11 +30,11 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def load_secret(configured: str, data_dir: str) -> bytes:
-    """The configured secret, else one kept in `data_dir/link_secret` (created on first use)."""
+def load_secret(configured: str, data_dir: str, name: str = "link_secret") -> bytes:
+    """The configured secret, else one kept in `data_dir/<name>` (created on first use, mode 0600)."""
     if configured:
         return configured.encode()
-    path = Path(data_dir) / "link_secret"
+    path = Path(data_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

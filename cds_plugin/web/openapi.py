@@ -127,33 +127,30 @@ UNAUTHORIZED = {
 }
 
 
-def _request_schema(name: str, services: list[Service], components: dict[str, Any]) -> dict[str, Any]:
-    """CDSRequest for one service id: per hook, `hook` fixed and `context` the hook's context model."""
-    variants = []
-    for service in services:
-        schema = copy.deepcopy(components["CDSRequest"])
-        props = schema["properties"]
-        props["hook"] = {"const": service.hook}
-        props["context"] = {"$ref": REF.format(model=service.context_type.__name__)}
-        if service.prefetch:
-            props["prefetch"] = {
-                "anyOf": [
-                    {
-                        "type": "object",
-                        "properties": {
-                            key: {"anyOf": [{"$ref": REF.format(model="FhirResource")}, {"type": "null"}]}
-                            for key in service.prefetch
-                        },
-                        "additionalProperties": True,
+def _request_schema(name: str, service: Service, components: dict[str, Any]) -> dict[str, Any]:
+    """CDSRequest for one service: `hook` fixed and `context` the hook's context model."""
+    schema = copy.deepcopy(components["CDSRequest"])
+    props = schema["properties"]
+    props["hook"] = {"const": service.hook}
+    props["context"] = {"$ref": REF.format(model=service.context_type.__name__)}
+    if service.prefetch:
+        props["prefetch"] = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        key: {"anyOf": [{"$ref": REF.format(model="FhirResource")}, {"type": "null"}]}
+                        for key in service.prefetch
                     },
-                    {"type": "null"},
-                ]
-            }
-        schema["title"] = f"{service.id} ({service.hook})"
-        variant = f"{name}.{service.hook}"
-        components[variant] = schema
-        variants.append({"$ref": REF.format(model=variant)})
-    return variants[0] if len(variants) == 1 else {"oneOf": variants}
+                    "additionalProperties": True,
+                },
+                {"type": "null"},
+            ]
+        }
+    schema["title"] = f"{service.id} ({service.hook})"
+    variant = f"{name}.{service.hook}"
+    components[variant] = schema
+    return {"$ref": REF.format(model=variant)}
 
 
 def _example(service: Service) -> dict[str, Any] | None:
@@ -187,10 +184,6 @@ def build_openapi(registry: ServiceRegistry, *, metrics: bool = False) -> dict[s
     components.update(OperationOutcome=OPERATION_OUTCOME, FhirResource=FHIR_RESOURCE)
     security = [{"cdsHooksJwt": []}]
 
-    by_id: dict[str, list[Service]] = {}
-    for service in registry:
-        by_id.setdefault(service.id, []).append(service)
-
     paths: dict[str, Any] = {
         "/cds-services": {
             "get": {
@@ -207,17 +200,16 @@ def build_openapi(registry: ServiceRegistry, *, metrics: bool = False) -> dict[s
             }
         }
     }
-    for service_id, services in by_id.items():
-        first = services[0]
-        hooks = ", ".join(s.hook for s in services)
-        body: dict[str, Any] = {"schema": _request_schema(f"CDSRequest.{service_id}", services, components)}
+    for first in registry:
+        service_id = first.id
+        body: dict[str, Any] = {"schema": _request_schema(f"CDSRequest.{service_id}", first, components)}
         example = _example(first)
         if example is not None:
             body["example"] = example
         paths[f"/cds-services/{service_id}"] = {
             "post": {
                 "operationId": f"call.{service_id}",
-                "summary": f"{first.title or service_id} ({hooks})",
+                "summary": f"{first.title or service_id} ({first.hook})",
                 "description": first.description,
                 "tags": ["CDS Hooks"],
                 "security": security,

@@ -13,6 +13,8 @@ from cds_plugin.storage.card_log import CardLog
 from cds_plugin.storage.database import Database
 from cds_plugin.storage.explanation_store import ExplanationStore
 from cds_plugin.storage.feedback_store import FeedbackStore
+from cds_plugin.storage.override_store import OverrideStore
+from cds_plugin.storage.pseudonym import Pseudonymizer
 from cds_plugin.web.link_tokens import LinkSigner
 
 
@@ -23,6 +25,8 @@ class Runtime:
     db: Database
     feedback_store: FeedbackStore
     card_log: CardLog
+    override_store: OverrideStore
+    pseudonymizer: Pseudonymizer
     explanation_store: ExplanationStore
     link_signer: LinkSigner
     trust: Any  # ClientTrust, or None when JWT checks are switched off by setting

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 
 from cds_plugin.fhir import PatientRecord, read_record
+from cds_plugin.fhir.as_of import as_of
 from cds_plugin.fhir.resources import latest_date
 from tests.fhir.conftest import edge, patient_bundle
 
@@ -50,7 +51,7 @@ def test_aware_cut_compared_in_utc() -> None:
 def test_statuses_as_of_the_cut() -> None:
     record = read_record(edge("timezones-as-of"))
     cut = datetime(2020, 3, 10, tzinfo=UTC)
-    facts = by_id(record.as_of(cut))
+    facts = by_id(as_of(record, cut))
     # Abated later: still active then, abatement not yet known.
     bronchitis = facts["tz-evening-new-york"]
     assert bronchitis.clinical_status == "active" and bronchitis.abatement is None and not bronchitis.abated
@@ -62,12 +63,12 @@ def test_statuses_as_of_the_cut() -> None:
     assert facts["tz-stopped-undated"].status == "unknown"
     # Recorded after the cut though its onset was earlier: not known at the cut.
     assert "tz-recorded-late" not in facts
-    assert_nothing_after(record.as_of(cut), cut)
+    assert_nothing_after(as_of(record, cut), cut)
 
 
 def test_statuses_stand_after_all_the_data() -> None:
     record = read_record(edge("timezones-as-of"))
-    later = record.as_of(date(2030, 1, 1))
+    later = as_of(record, date(2030, 1, 1))
     facts = by_id(later)
     assert facts["tz-resolved-undated"].clinical_status == "resolved"
     assert facts["tz-stopped-undated"].status == "stopped"
@@ -80,17 +81,17 @@ def test_reference_time_and_age_follow_the_cut() -> None:
     assert record.as_of_time == record.reference_time == datetime(2020, 3, 4, 23, 59, 59, 999999, tzinfo=UTC)
     assert 59.9 < record.age < 60.0  # born 1960-03-05
     # Cutting a cut record later changes nothing: it knows nothing after its own cut.
-    again = record.as_of(date(2025, 1, 1))
+    again = as_of(record, date(2025, 1, 1))
     assert again.as_of_time == record.as_of_time and again == record
 
 
 def test_death_after_the_cut_is_cleared() -> None:
     record = read_record(edge("contained-resources"))
-    before = record.as_of(date(2024, 1, 1))
+    before = as_of(record, date(2024, 1, 1))
     assert before.patient.deceased is False and before.patient.deceased_at is None
     warfarin = before.medication_requests[0]
     assert warfarin.status == "active" and warfarin.end is None  # boundsPeriod ends 2024-02-20
-    assert record.as_of(date(2024, 6, 1)).patient.deceased is True
+    assert as_of(record, date(2024, 6, 1)).patient.deceased is True
 
 
 def test_deceased_without_date_becomes_unknown_before_the_data_ends() -> None:
@@ -103,17 +104,17 @@ def test_deceased_without_date_becomes_unknown_before_the_data_ends() -> None:
         ],
     }
     record = read_record(data)
-    assert record.as_of(date(2019, 1, 1)).patient.deceased is None
-    assert record.as_of(date(2021, 1, 1)).patient.deceased is True
+    assert as_of(record, date(2019, 1, 1)).patient.deceased is None
+    assert as_of(record, date(2021, 1, 1)).patient.deceased is True
 
 
 def test_pregnancy_active_during_and_resolved_after() -> None:
     record = read_record(patient_bundle("pregnancy-young-adult-2025"))
     pregnancy = [c for c in record.conditions if c.code.codes() == ("72892002",)]
     assert pregnancy and pregnancy[0].clinical_status == "resolved"
-    during = record.as_of(date(2025, 2, 1))
+    during = as_of(record, date(2025, 2, 1))
     assert [c.clinical_status for c in during.conditions if c.code.codes() == ("72892002",)] == ["active"]
-    before = record.as_of(date(2025, 1, 1))
+    before = as_of(record, date(2025, 1, 1))
     assert not [c for c in before.conditions if c.code.codes() == ("72892002",)]
 
 
@@ -121,7 +122,7 @@ def test_pregnancy_active_during_and_resolved_after() -> None:
 def test_no_fact_after_the_cut_in_any_fixture(patient_name: str, years_back: int) -> None:
     record = read_record(patient_bundle(patient_name))
     cut = record.data_until - timedelta(days=365.25 * years_back)
-    cut_record = record.as_of(cut)
+    cut_record = as_of(record, cut)
     assert_nothing_after(cut_record, cut)
     assert cut_record.reference_time == cut
     # Every surviving fact was in the full record (possibly with an earlier status).

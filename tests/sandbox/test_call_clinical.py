@@ -64,8 +64,8 @@ def service(tmp_path_factory, key_file, tiny_model) -> Iterator[SimpleNamespace]
     [
         ("diagnosis-considerations", "patient-view"),
         ("treatment-considerations", "patient-view"),
-        ("order-review", "order-select"),
-        ("order-review", "order-sign"),
+        ("order-select-review", "order-select"),
+        ("order-sign-review", "order-sign"),
     ],
 )
 @pytest.mark.parametrize("mode", ["all", "none", "partial"])
@@ -85,3 +85,25 @@ def test_every_hook_we_serve_conforms(capsys, service, key_file, fhir, service_i
     assert out["conforms"] and out["response"]["status"] == 200
     for card in out["response"]["body"]["cards"]:
         assert card["uuid"] and card["source"]["topic"]["code"]
+
+
+def test_sandbox_call_prints_why_a_record_without_clinical_facts_gets_no_considerations(
+    capsys, monkeypatch, tmp_path, service, key_file
+):
+    """Issue 15: a record read as 0 clinical facts is answered with a note, not with silence."""
+    monkeypatch.setenv("COLUMNS", "200")
+    patient = json.loads(BUNDLE.read_text())
+    only = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [e for e in patient["entry"] if e["resource"]["resourceType"] == "Patient"],
+    }
+    path = tmp_path / "patient-only.json"
+    path.write_text(json.dumps(only))
+    argv = ["sandbox", "call", "--service", service.url, "--service-id", "diagnosis-considerations",
+            "--hook", "patient-view", "--key", str(key_file), "--iss", ISS,
+            "--bundle", str(path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "No considerations: no clinical data about this patient was received" in out
+    assert "0 clinical facts" in out

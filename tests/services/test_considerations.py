@@ -34,11 +34,41 @@ def test_discovery_lists_the_clinical_services(client):
     assert {(s["id"], s["hook"]) for s in services} == {
         ("diagnosis-considerations", "patient-view"),
         ("treatment-considerations", "patient-view"),
-        ("order-review", "order-select"),
-        ("order-review", "order-sign"),
+        ("order-select-review", "order-select"),
+        ("order-sign-review", "order-sign"),
     }
     for s in services:
         assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+def test_discovery_ids_are_unique_and_each_is_its_urls_last_segment(client):
+    """A service's URL is `{base}/cds-services/{id}`: ids are unique, and a call to that URL with the
+    service's hook is answered by that service (its OpenAPI path is the same URL)."""
+    services = client.get("/cds-services").get_json()["services"]
+    ids = [s["id"] for s in services]
+    assert len(ids) == len(set(ids))
+    paths = {p for p in client.get("/openapi.json").get_json()["paths"] if not p.endswith("/feedback")}
+    assert paths >= {f"/cds-services/{i}" for i in ids}
+    patient = request_of("hypertension-adult-2019.patient-view.json")
+    for s in services:
+        body = request_of(f"hypertension-adult-2019.{s['hook']}.json")
+        url = f"http://localhost/cds-services/{s['id']}"
+        assert urlsplit(url).path.rsplit("/", 1)[-1] == s["id"]
+        assert client.post(urlsplit(url).path, json=body).status_code == 200, s["id"]
+        if s["hook"] != "patient-view":
+            assert client.post(urlsplit(url).path, json=patient).status_code == 400, s["id"]
+
+
+def test_cards_say_is_recommended_and_autolaunchable_explicitly(client):
+    """Both are optional in CDS Hooks 2.0 but some clients' models require them: always sent, false."""
+    resp = client.post(
+        "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
+    )
+    cards = resp.get_json()["cards"]
+    assert cards
+    for card in cards:
+        assert all(s["isRecommended"] is False for s in card["suggestions"])
+        assert card["links"] and all(link["autolaunchable"] is False for link in card["links"])
 
 
 @pytest.mark.parametrize("service", ["diagnosis-considerations", "treatment-considerations"])
@@ -66,7 +96,7 @@ def test_patient_view_cards_are_spec_valid_with_evidence(client, service):
 def test_order_review_on_both_hooks(client):
     for hook in ("order-select", "order-sign"):
         body = request_of(f"hypertension-adult-2019.{hook}.json")
-        resp = client.post("/cds-services/order-review", json=body)
+        resp = client.post(f"/cds-services/{hook}-review", json=body)
         assert resp.status_code == 200, resp.get_json()
         assert not has_errors(validate_response(resp.get_json()))
         drafted = {
@@ -133,6 +163,7 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
     def count(name: str, **labels: str) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
+    assert considerations._background.wait_idle(120)  # earlier tests' jobs would count meanwhile
     skipped = count("cds_plugin_background_explanations_total", outcome="skipped")
     computed = count("cds_plugin_explanations_total", method="integrated_gradients")
     resp = client.post(

@@ -82,7 +82,7 @@ def test_explanation_failing_for_the_second_card_still_gives_no_cards(app, monke
 
 
 def test_order_review_failing_on_the_draft_baseline_gives_no_cards(app, monkeypatch):
-    """order-review assesses twice (with and without the draft): the second failing drops all cards."""
+    """Order review assesses twice (with and without the draft): the second failing drops all cards."""
     engine = considerations.load_engine()
     real = engine.assess
     seen = []
@@ -94,5 +94,5 @@ def test_order_review_failing_on_the_draft_baseline_gives_no_cards(app, monkeypa
         return real(record, *args, **kwargs)
 
     monkeypatch.setattr(engine, "assess", second_fails)
-    resp = _call(app, "order-review", "hypertension-adult-2019.order-sign.json")
+    resp = _call(app, "order-sign-review", "hypertension-adult-2019.order-sign.json")
     assert len(seen) == 2 and resp.status_code == 500 and "cards" not in resp.get_json()

@@ -71,33 +71,34 @@ def test_discovery_wrong_method_is_405(client):
     assert resp.status_code == 405 and resp.get_json()["resourceType"] == "OperationOutcome"
 
 
-def test_one_id_on_several_hooks_is_routed_by_hook(settings):
-    """Req 211: the same id listed once per hook; a call is answered by the registration for its hook."""
+def test_one_id_serves_one_hook(settings):
+    """A service id is the last segment of its URL, so it is unique: the same id on a second hook is
+    refused, and a call whose hook is not the service's is a 400 naming the hook it answers."""
     from cds_plugin.hooks.card import Card, Source
     from cds_plugin.hooks.response import CDSResponse
 
     registry = ServiceRegistry()
     for hook in ("order-select", "order-sign"):
-        registry.service("review", hook=hook, description="d")(
+        registry.service(f"{hook}-check", hook=hook, description="d")(
             lambda call, hook=hook: CDSResponse(
                 cards=[Card(summary=hook, indicator="info", source=Source(label="x"))]
             )
         )
-    with pytest.raises(ServiceConfigurationError, match="twice"):
-        registry.service("review", hook="order-sign", description="d")(lambda call: None)
+    with pytest.raises(ServiceConfigurationError, match="twice.*'order-select'.*'order-sign'.*unique"):
+        registry.service("order-select-check", hook="order-sign", description="d")(lambda call: None)
     client = create_app(settings, registry).test_client()
     listed = client.get("/cds-services").get_json()["services"]
-    assert [(s["id"], s["hook"]) for s in listed] == [("review", "order-select"), ("review", "order-sign")]
+    assert [(s["id"], s["hook"]) for s in listed] == [
+        ("order-select-check", "order-select"),
+        ("order-sign-check", "order-sign"),
+    ]
     draft = {"resourceType": "Bundle", "type": "collection", "entry": []}
     body = {
         "hook": "order-sign",
         "hookInstance": "h",
         "context": {"userId": "Practitioner/x", "patientId": "p", "draftOrders": draft},
     }
-    assert client.post("/cds-services/review", json=body).get_json()["cards"][0]["summary"] == "order-sign"
-    body["hook"] = "patient-view"
-    resp = client.post("/cds-services/review", json=body)
-    assert (
-        resp.status_code == 400
-        and "'order-select' or 'order-sign'" in resp.get_json()["issue"][0]["diagnostics"]
-    )
+    resp = client.post("/cds-services/order-sign-check", json=body)
+    assert resp.get_json()["cards"][0]["summary"] == "order-sign"
+    resp = client.post("/cds-services/order-select-check", json=body)
+    assert resp.status_code == 400 and "answers 'order-select'" in resp.get_json()["issue"][0]["diagnostics"]

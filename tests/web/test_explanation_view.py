@@ -437,7 +437,7 @@ def test_unusual_draft_is_information_without_accept(view_app, client, issued):
     store = view_app.extensions["cds_plugin"].explanation_store
     payload = stored(view_app, entry_id)
     original = dict(payload["consideration"])
-    payload["consideration"]["probability"] = 0.01  # as an order-review card on a drafted medication
+    payload["consideration"]["probability"] = 0.01  # as an order review card on a drafted medication
     store.update_payload(entry_id, payload)
     try:
         page = dom(client.get(path, query_string={"token": token}).get_data(as_text=True))

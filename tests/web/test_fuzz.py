@@ -92,7 +92,7 @@ def fuzz_app(tiny_model, data_dir):
 
 
 def _documented_operations() -> list[str]:
-    """The labels (`POST /cds-services/order-review`) of the clinical app's documented operations."""
+    """The labels (`POST /cds-services/order-select-review`) of the clinical app's documented operations."""
     from cds_plugin.hooks.registry import ServiceRegistry
     from cds_plugin.services import considerations
     from cds_plugin.web.openapi import build_openapi
@@ -272,7 +272,7 @@ def mutated_requests(draw):
     return body
 
 
-@pytest.mark.parametrize("service", ["diagnosis-considerations", "order-review"])
+@pytest.mark.parametrize("service", ["diagnosis-considerations", "order-select-review"])
 def test_any_json_body_gets_cards_or_an_operation_outcome(fuzz_app, service):
     client = fuzz_app.test_client()
 

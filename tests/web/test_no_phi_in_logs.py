@@ -100,8 +100,9 @@ def test_no_patient_data_or_token_in_any_log_line(server, key, fhir):
     statuses: list[int] = []
     for path in sorted(REQUESTS.glob("*.json")):
         body = json.loads(path.read_text())
-        service = "order-review" if body["hook"] != "patient-view" else "diagnosis-considerations"
-        services = [service] if service == "order-review" else [service, "treatment-considerations"]
+        hook = body["hook"]
+        service = f"{hook}-review" if hook != "patient-view" else "diagnosis-considerations"
+        services = [service] if hook != "patient-view" else [service, "treatment-considerations"]
         for sid in services:
             # 1. with the prefetch the EHR sent
             resp = r.post(f"/cds-services/{sid}", body)

@@ -55,16 +55,16 @@ def test_each_service_gets_its_hooks_request_schema():
     considerations.register(registry)
     doc = build_openapi(registry)
     schemas = doc["components"]["schemas"]
-    body = doc["paths"]["/cds-services/order-review"]["post"]["requestBody"]["content"]["application/json"]
-    variants = [schemas[ref["$ref"].rsplit("/", 1)[1]] for ref in body["schema"]["oneOf"]]
-    assert {v["properties"]["hook"]["const"] for v in variants} == {"order-select", "order-sign"}
-    assert {v["properties"]["context"]["$ref"].rsplit("/", 1)[1] for v in variants} == {
-        "OrderSelectContext",
-        "OrderSignContext",
-    }
-    prefetch = variants[0]["properties"]["prefetch"]["anyOf"][0]["properties"]
-    assert set(prefetch) == set(considerations.PREFETCH)
-    assert body["example"]["hook"] == "order-select"
+    for hook, context in (("order-select", "OrderSelectContext"), ("order-sign", "OrderSignContext")):
+        body = doc["paths"][f"/cds-services/{hook}-review"]["post"]["requestBody"]["content"][
+            "application/json"
+        ]
+        variant = schemas[body["schema"]["$ref"].rsplit("/", 1)[1]]
+        assert variant["properties"]["hook"]["const"] == hook
+        assert variant["properties"]["context"]["$ref"].rsplit("/", 1)[1] == context
+        prefetch = variant["properties"]["prefetch"]["anyOf"][0]["properties"]
+        assert set(prefetch) == set(considerations.PREFETCH)
+        assert body["example"]["hook"] == hook
     single = doc["paths"]["/cds-services/diagnosis-considerations"]["post"]["requestBody"]
     assert single["content"]["application/json"]["schema"]["$ref"].endswith(
         "diagnosis-considerations.patient-view"
