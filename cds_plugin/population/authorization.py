@@ -91,7 +91,7 @@ class BackendServices:
         )
 
     def header(self) -> str:
-        if self._token is None or self._clock() >= self._expires_at - REFRESH_MARGIN_S:
+        if self._token is None or self._clock() >= self._expires_at:
             self._fetch()
         return f"Bearer {self._token}"
 
@@ -127,5 +127,6 @@ class BackendServices:
         if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
             expires_in = 300
         self._token = token
-        self._expires_at = self._clock() + float(expires_in)
+        # renewed a little early (a fifth of a short lifetime), so it does not expire in flight
+        self._expires_at = self._clock() + float(expires_in) - min(REFRESH_MARGIN_S, float(expires_in) / 5)
         self.fetches += 1

@@ -5,12 +5,17 @@ too: the processes are the parallelism); with a scheduler address, the cluster a
 unchanged. Tasks never carry the model: `EnginePlugin` loads it when a worker starts (and again when
 a killed worker is restarted by its nanny), and tasks find it with `worker_engine()`. On a cluster the
 model folder, the export and the output folder must be at the same paths on every worker (a shared
-file system), since tasks read and write files there.
+file system), since tasks read and write files there. Local workers ignore SIGINT: on Ctrl-C the client
+cancels the tasks and closes the cluster itself.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +33,12 @@ class EnginePlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, model_path: str | None, torch_threads: int = 1) -> None:
+    def __init__(
+        self, model_path: str | None, torch_threads: int = 1, *, ignore_sigint: bool = False
+    ) -> None:
         self.model_path = model_path
         self.torch_threads = torch_threads
+        self.ignore_sigint = ignore_sigint
         self.engine: Engine | None = None
 
     def setup(self, worker: Any) -> None:
@@ -38,12 +46,16 @@ class EnginePlugin(WorkerPlugin):
 
         from cds_plugin.model.engine import Engine
 
+        if self.ignore_sigint and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # also in a worker the nanny restarted
         torch.set_num_threads(self.torch_threads)
         self.engine = Engine.load(self.model_path)
 
     def __getstate__(self) -> dict[str, Any]:
         # what travels to the scheduler and the workers: the path, never a loaded model
-        return {"model_path": self.model_path, "torch_threads": self.torch_threads, "engine": None}
+        state = dict(self.__dict__)
+        state["engine"] = None
+        return state
 
 
 def worker_engine() -> Engine:
@@ -101,17 +113,18 @@ def open_cluster(
         client = Client(scheduler, timeout="30s")
         local = None
     else:
-        local = LocalCluster(
-            n_workers=workers or 1,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=dashboard_address,
-            silence_logs=logging.WARNING,
-        )
+        with _sigint_ignored():
+            local = LocalCluster(
+                n_workers=workers or 1,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=dashboard_address,
+                silence_logs=logging.WARNING,
+            )
         client = Client(local)
     try:
-        client.register_plugin(EnginePlugin(model_path))
+        client.register_plugin(EnginePlugin(model_path, ignore_sigint=local is not None))
         dashboard = client.dashboard_link if _has_dashboard(client) else None
     except BaseException:
         client.close()
@@ -119,6 +132,21 @@ def open_cluster(
             local.close()
         raise
     return Cluster(client, local, dashboard)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start local workers with SIGINT ignored (inherited through exec): Ctrl-C in a terminal reaches the
+    whole process group, and it is the client that cancels the tasks and closes its cluster, without a
+    KeyboardInterrupt traceback from every worker. An existing cluster's workers are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _has_dashboard(client: Client) -> bool:

@@ -1,8 +1,9 @@
 """A Bulk Data export of the small Synthea corpus (the tiny model's), and a LocalCluster the tests share.
 
 The export is written by the sandbox server's own export code, at most 400 resources per file, so
-each large type comes in several files. Tests that do not kill workers run on the shared two-worker
-cluster through its scheduler address (starting one costs seconds: torch is imported in each worker).
+each large type comes in several files. Tests run on one shared two-worker cluster through its
+scheduler address (starting one costs seconds: torch is imported in each worker); the test that kills a
+worker leaves it to its nanny, which starts another, and the next run's plugin loads the model there.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def patient_refs(export_dir: Path) -> set[str]:
     return refs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_cluster(tiny_model: Path) -> Iterator[str]:
     """The scheduler address of a two-worker LocalCluster (the worklist registers its plugin itself)."""
     from distributed import LocalCluster
