@@ -6,7 +6,9 @@ import contextlib
 import csv
 import io
 import itertools
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +16,10 @@ import pytest
 
 from cds_plugin.cli import main
 from cds_plugin.fhir.ndjson import read_ndjson
+from cds_plugin.population.authorization import StaticToken
+from cds_plugin.population.bulk_client import ExportRequest
+from cds_plugin.population.manifest import MANIFEST
+from cds_plugin.population.pipeline import SilentReporter, WorklistConfig, run_worklist
 from cds_plugin.population.worklist import COLUMNS
 from cds_plugin.sandbox.fhir_server import FhirServer
 
@@ -121,3 +127,55 @@ def test_a_server_refusal_is_a_message_not_a_traceback(tmp_path: Path, corpus: P
     assert code == 1
     assert "export kick-off: HTTP 401: error: a bearer token is required" in err
     assert "Traceback" not in err
+
+
+class InterruptDownload(SilentReporter):
+    """Ctrl-C (as the client sees it) once the first export file is on disk."""
+
+    def advance(self, stage: str, amount: float = 1, description: str | None = None) -> None:
+        if stage == "download" and amount == 1:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_download_continues_with_the_same_job(
+    tmp_path: Path, corpus: Path, tiny_model: Path, shared_cluster: str
+) -> None:
+    out = tmp_path / "out"
+    with FhirServer(corpus, token=TOKEN, export_file_lines=400) as server:
+        config = WorklistConfig(
+            source=server.base_url,
+            out=out,
+            scheduler=shared_cluster,
+            explain_top=0,
+            model=str(tiny_model),
+            authorizer=StaticToken(TOKEN),
+            export=ExportRequest(types=("Patient", "Condition", "Observation")),
+        )
+        with pytest.raises(KeyboardInterrupt):
+            run_worklist(config, InterruptDownload())
+        export = json.loads((out / MANIFEST).read_text())["export"]
+        assert len(export["files"]) == 1 and not export.get("complete")
+        [first] = export["files"].values()
+        first_mtime = (out / "export" / first["name"]).stat().st_mtime_ns
+        result = run_worklist(config)
+        again = json.loads((out / MANIFEST).read_text())["export"]
+        assert again["status_url"] == export["status_url"]  # the same job, not a new export
+        assert (out / "export" / first["name"]).stat().st_mtime_ns == first_mtime  # not fetched again
+        assert again["complete"] and again["deleted"]
+        assert result.patients == 24
+
+        # the job is gone on the server (expired, deleted): a rerun starts a new export
+        other = tmp_path / "other"
+        with pytest.raises(KeyboardInterrupt):
+            run_worklist(replace(config, out=other), InterruptDownload())
+        status_url = json.loads((other / MANIFEST).read_text())["export"]["status_url"]
+        server.exports.delete(status_url.rsplit("/", 1)[1])
+        notes: list[str] = []
+
+        class Notes(SilentReporter):
+            def note(self, text: str) -> None:
+                notes.append(text)
+
+        assert run_worklist(replace(config, out=other), Notes()).patients == 24
+        assert any("starting a new one" in n for n in notes)
+        assert json.loads((other / MANIFEST).read_text())["export"]["status_url"] != status_url
