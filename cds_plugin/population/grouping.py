@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 import zlib
 from collections import Counter
@@ -63,6 +64,7 @@ class SplitResult:
     not_used: Counter[str] = field(default_factory=Counter)  # resources of types the model does not use
     set_aside: int = 0  # Medications kept for stage 2 in folder/medications.ndjson
     unreferenced: int = 0  # Medications no MedicationRequest of the export references (stage 2)
+    cpu_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class SplitResult:
             "not_used": dict(self.not_used),
             "set_aside": self.set_aside,
             "unreferenced": self.unreferenced,
+            "cpu_seconds": self.cpu_seconds,
         }
 
     @classmethod
@@ -91,6 +94,7 @@ class SplitResult:
             not_used=Counter(data["not_used"]),
             set_aside=data["set_aside"],
             unreferenced=data["unreferenced"],
+            cpu_seconds=data.get("cpu_seconds", 0.0),
         )
 
 
@@ -174,6 +178,7 @@ def split_file(
 
     `display_name` names the file in problem reports. Runs on a worker; returns a small summary.
     """
+    cpu = time.process_time()
     groups = Path(groups_dir)
     tmp = groups / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -237,6 +242,7 @@ def split_file(
         if set_aside is not None:
             set_aside.close()
     result.pieces = dict(sorted(pieces.counts.items()))
+    result.cpu_seconds = round(time.process_time() - cpu, 3)
     if refs:  # kept beside the pieces (not sent back: it grows with the export), read by stage 2
         (tmp / REFS_FILE).write_text(json.dumps({m: sorted(p) for m, p in refs.items()}), encoding="utf-8")
     target = groups / key
