@@ -85,6 +85,7 @@ def test_rerun_redoes_nothing(clean, export_dir: Path, tiny_model: Path, shared_
     parts = {p.name: p.stat().st_mtime_ns for p in (result.out / "parts").iterdir()}
     again = run_worklist(config(export_dir, result.out, tiny_model, shared_cluster))
     assert (again.splits_done, again.partitions_scored) == (0, 0)
+    assert again.worker_peak_rss == {} and again.dashboard is None  # no cluster needed at all
     assert {p.name: p.stat().st_mtime_ns for p in (result.out / "parts").iterdir()} == parts
     assert worklist(result.out) == rows
 
