@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--partition-mb",
         type=float,
-        default=16.0,
-        help="NDJSON per partition, MiB (default 16): bounds each worker's memory",
+        default=8.0,
+        help="NDJSON per partition, MiB (default 8): bounds each worker's memory",
     )
     export = parser.add_argument_group("export from a FHIR server (SOURCE is a URL)")
     export.add_argument("--group", help="export Group/ID/$export instead of Patient/$export")
@@ -117,18 +117,16 @@ class RichReporter:
         self.progress.console.print(text, markup=False, highlight=False)
 
     def begin(self, stage: str, description: str, total: float | None) -> None:
-        self.tasks[stage] = self.progress.add_task(description, total=total)
+        self.tasks[stage] = (self.progress.add_task(description, total=total), total)
 
     def advance(self, stage: str, amount: float = 1, description: str | None = None) -> None:
-        task = self.tasks.get(stage)
-        if task is not None:
-            self.progress.update(task, advance=amount, description=description or None)
+        if stage in self.tasks:
+            self.progress.update(self.tasks[stage][0], advance=amount, description=description or None)
 
     def end(self, stage: str) -> None:
-        task = self.tasks.get(stage)
-        if task is not None:
-            total = self.progress.tasks[task].total if task < len(self.progress.tasks) else None
-            self.progress.update(task, completed=total if total is not None else 1, total=total or 1)
+        if stage in self.tasks:
+            task, total = self.tasks[stage]
+            self.progress.update(task, completed=total or 1, total=total or 1)
 
 
 def _summary(result: Any) -> str:

@@ -115,7 +115,7 @@ class WorklistConfig:
     scheduler: str | None = None
     explain_top: int = 50
     model: str | None = None
-    partition_mb: float = 16.0
+    partition_mb: float = 8.0
     export: ExportRequest = field(default_factory=ExportRequest)
     authorizer: Authorizer | None = None
     allow_http: bool = False
@@ -574,6 +574,7 @@ def _problems(state: RunState, source: Source, export_errors: list[str]) -> list
             "files not opened (a resource type the model does not use)",
             len(source.not_read),
             [f"{os.path.relpath(f.path, source.folder)} ({f.type})" for f in source.not_read],
+            resources=False,
         ),
         Unread("resources of types the model does not use", sum(not_used.values()), listing(not_used)),
         Unread(
@@ -592,9 +593,17 @@ def _problems(state: RunState, source: Source, export_errors: list[str]) -> list
             listing(skipped),
         ),
         Unread(
-            "patients whose record could not be read (why)", sum(unreadable.values()), listing(unreadable)
+            "patients whose record could not be read (why)",
+            sum(unreadable.values()),
+            listing(unreadable),
+            resources=False,
         ),
-        Unread("problems the server reported in the export's error files", len(export_errors), export_errors),
+        Unread(
+            "problems the server reported in the export's error files",
+            len(export_errors),
+            export_errors,
+            resources=False,
+        ),
     ]
 
 
@@ -614,8 +623,7 @@ def _outputs(
     statuses = Counter(people["status"].to_pylist())
     explained = sum(1 for v in final["evidence_1_reference"].to_pylist() if v)
     problems = _problems(state, source, export_errors)
-    counted = problems[:1] + problems[2:7]  # resources: not the unopened files, patients or server notes
-    unread_resources = sum(p.count for p in counted)
+    unread_resources = sum(p.count for p in problems if p.resources)
     summary = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "model_version": model_version,

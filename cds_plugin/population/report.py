@@ -26,6 +26,7 @@ class Unread:
     what: str
     count: int
     details: list[str] = field(default_factory=list)
+    resources: bool = True  # counts resources (not files, patients or server messages)
 
     def to_context(self) -> dict[str, Any]:
         shown = self.details[:MAX_DETAILS]
