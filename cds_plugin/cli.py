@@ -1,4 +1,4 @@
-"""Command line: `cds-plugin serve | train | evaluate | assess | sandbox ...`."""
+"""Command line: `cds-plugin serve | train | evaluate | assess | explain | worklist | sandbox ...`."""
 
 from __future__ import annotations
 
@@ -300,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_explanations.add_argument("--threads", type=int)
     evaluate_explanations.add_argument("--quiet", action="store_true")
     evaluate_explanations.set_defaults(func=cmd_evaluate_explanations)
+
+    from cds_plugin.population import command as worklist_command
+
+    worklist = sub.add_parser(
+        "worklist",
+        help="score a population (Bulk Data NDJSON or a FHIR server) into a ranked, explained worklist",
+    )
+    worklist_command.add_arguments(worklist)
+    worklist.set_defaults(func=worklist_command.run)
 
     sandbox = sub.add_parser("sandbox", help="tools for testing CDS services")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)

@@ -3,8 +3,10 @@
 CDS services fetch what prefetch did not bring from the EHR's FHIR server; testing that path (and
 showing it) needs a FHIR server that starts in milliseconds, holds exactly the fixture data, and
 can demand a bearer token like a real one. This is it: read, type-level search with the parameters
-CDS queries use, paging, and a CapabilityStatement. It is not a general FHIR server (no writes, no
-_include, JSON only), and it binds to loopback unless told otherwise.
+CDS queries use, paging, and a CapabilityStatement; Bulk Data `$export` (cds_plugin.sandbox.bulk_export)
+and a SMART Backend Services token endpoint for registered clients (cds_plugin.sandbox.smart_auth), for
+population tools. It is not a general FHIR server (no writes, no _include, JSON only), and it binds to
+loopback unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,21 +21,35 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, g, request, send_file
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server, select_address_family
 
 from cds_plugin import __version__
 from cds_plugin.errors import CdsPluginError, NotFoundError, UnauthorizedError
+from cds_plugin.sandbox.bulk_export import (
+    DEFAULT_LINES_PER_FILE,
+    NDJSON,
+    BulkExports,
+    TooManyJobsError,
+    parse_kickoff,
+)
 from cds_plugin.sandbox.fhir_search import SearchPage, params_for, search, supported_types
 from cds_plugin.sandbox.fhir_store import DataSource, FhirStore
+from cds_plugin.sandbox.smart_auth import (
+    BackendAuth,
+    TokenRequestError,
+    parse_client_option,
+    smart_configuration,
+    token_error_body,
+)
 from cds_plugin.web.operation_outcome import operation_outcome
 
 log = logging.getLogger(__name__)
@@ -41,6 +57,9 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_PORT = 8090
 TOKEN_ENV = "CDS_PLUGIN_SANDBOX_FHIR_TOKEN"  # noqa: S105 (a variable name, not a secret)
+TOKEN_PATH = "/auth/token"  # noqa: S105 (a path, not a secret)
+#: Reachable without a bearer token: what a client reads before it has one.
+OPEN_PATHS = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration", TOKEN_PATH})
 
 
 def _fhir_response(
@@ -51,33 +70,110 @@ def _fhir_response(
     )
 
 
-def create_fhir_app(store: FhirStore, token: str | None = None, *, page_size_default: int = 50) -> Flask:
-    """The Flask app serving `store` under /fhir; with `token`, every request but /metadata needs it.
+def create_fhir_app(
+    store: FhirStore,
+    token: str | None = None,
+    *,
+    page_size_default: int = 50,
+    auth: BackendAuth | None = None,
+    exports: BulkExports | None = None,
+) -> Flask:
+    """The Flask app serving `store` under /fhir.
 
-    Separate from FhirServer so tests (or another WSGI server) can use the app directly.
+    With `token` and/or `auth` (registered SMART Backend Services clients), every request but the open
+    paths (/metadata, the SMART configuration, the token endpoint) needs `Authorization: Bearer` with
+    the static token or one the token endpoint issued. `exports` runs the Bulk Data jobs (a default
+    one is made). Separate from FhirServer so tests (or another WSGI server) can use the app directly.
     """
     if page_size_default < 1:
         raise ValueError("page_size_default must be at least 1")
     app = Flask("cds_plugin.sandbox.fhir_server")
     started = datetime.now(UTC).isoformat(timespec="seconds")
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
+    secured = token is not None or auth is not None
+    jobs = exports if exports is not None else BulkExports(store)
+    app.extensions["bulk_exports"] = jobs
 
     @app.before_request
     def check_token() -> None:
         g.base = request.host_url.rstrip("/") + "/fhir"
-        if token is None or request.path == "/fhir/metadata":
+        if not secured or request.path in OPEN_PATHS:
             return
         scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not provided.strip():
+        provided = provided.strip()
+        if scheme.lower() != "bearer" or not provided:
             log.info("FHIR server: request without a bearer token refused")
             raise UnauthorizedError("a bearer token is required")
-        if not hmac.compare_digest(provided.strip().encode(), token.encode()):
-            log.info("FHIR server: request with a wrong bearer token refused")
+        static_ok = token is not None and hmac.compare_digest(provided.encode(), token.encode())
+        if not static_ok and not (auth is not None and auth.valid(provided)):
+            log.info("FHIR server: request with a wrong or expired bearer token refused")
             raise UnauthorizedError("a bearer token is required")
 
     @bp.get("/metadata")
     def metadata() -> Response:
-        return _fhir_response(_capability_statement(store, g.base, started, token is not None))
+        return _fhir_response(_capability_statement(store, g.base, started, secured, auth is not None))
+
+    @bp.get("/.well-known/smart-configuration")
+    def smart_config() -> Response:
+        if auth is None:
+            raise NotFoundError("this server has no SMART Backend Services clients registered")
+        token_url = request.host_url.rstrip("/") + TOKEN_PATH
+        return Response(json.dumps(smart_configuration(token_url)), content_type="application/json")
+
+    @app.post(TOKEN_PATH)
+    def token_endpoint() -> Response:
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        try:
+            if auth is None:
+                raise TokenRequestError("invalid_client", "no clients are registered with this server", 401)
+            body = auth.token(request.form, request.host_url.rstrip("/") + TOKEN_PATH)
+        except TokenRequestError as exc:
+            log.info("token endpoint: request refused (%s)", exc.error)
+            return Response(
+                token_error_body(exc), status=exc.status, content_type="application/json", headers=headers
+            )
+        return Response(json.dumps(body), content_type="application/json", headers=headers)
+
+    def kickoff(level: str, group: str | None = None) -> Response:
+        export_request, unsupported = parse_kickoff(
+            store, level, group, list(request.args.items(multi=True)), request.headers.get("Prefer", "")
+        )
+        job = jobs.start(export_request, request.url, unsupported)
+        log.info("bulk export: %s-level job started", level)
+        return Response(status=202, headers={"Content-Location": f"{g.base}/bulk-status/{job.id}"})
+
+    @bp.get("/$export")
+    def export_system() -> Response:
+        return kickoff("system")
+
+    @bp.get("/Patient/$export")
+    def export_patients() -> Response:
+        return kickoff("patient")
+
+    @bp.get("/Group/<gid>/$export")
+    def export_group(gid: str) -> Response:
+        return kickoff("group", gid)
+
+    @bp.get("/bulk-status/<job_id>")
+    def export_status(job_id: str) -> Response:
+        job = jobs.get(job_id)
+        if not jobs.ready(job):
+            headers = {"X-Progress": jobs.progress(job), "Retry-After": str(jobs.retry_after_s)}
+            return Response(status=202, headers=headers)
+        if job.failure is not None:
+            return _fhir_response(operation_outcome(job.failure, "exception", severity="fatal"), 500)
+        body = jobs.manifest(job, f"{g.base}/bulk-files", secured)
+        return Response(json.dumps(body), content_type="application/json", headers={"Expires": "0"})
+
+    @bp.delete("/bulk-status/<job_id>")
+    def export_delete(job_id: str) -> Response:
+        jobs.delete(job_id)
+        log.info("bulk export: job deleted")
+        return Response(status=202)
+
+    @bp.get("/bulk-files/<job_id>/<name>")
+    def export_file(job_id: str, name: str) -> Response:
+        return send_file(jobs.file(job_id, name), mimetype=NDJSON, conditional=False)
 
     @bp.get("/<rtype>")
     def search_type(rtype: str) -> Response:
@@ -112,6 +208,8 @@ def create_fhir_app(store: FhirStore, token: str | None = None, *, page_size_def
             if exc.status == 401
             else None
         )
+        if isinstance(exc, TooManyJobsError):
+            headers = {"Retry-After": str(jobs.retry_after_s * 5)}
         body = operation_outcome(exc.message, exc.code, exc.expression)
         return _fhir_response(body, exc.status, headers)
 
@@ -176,7 +274,9 @@ def _links(base: str, rtype: str, page: SearchPage) -> list[dict[str, str]]:
     return links
 
 
-def _capability_statement(store: FhirStore, base: str, date: str, secured: bool) -> dict[str, Any]:
+def _capability_statement(
+    store: FhirStore, base: str, date: str, secured: bool, smart: bool = False
+) -> dict[str, Any]:
     resources = []
     for rtype in supported_types(store):
         params = params_for(rtype)
@@ -195,10 +295,22 @@ def _capability_statement(store: FhirStore, base: str, date: str, secured: bool)
             "ignored and reported in an OperationOutcome entry."
         ),
         "resource": resources,
+        "operation": [
+            {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+            },
+            {
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+            },
+        ],
     }
     if secured:
         rest["security"] = {
-            "description": "Every request except /metadata needs 'Authorization: Bearer <token>'."
+            "description": "Every request except /metadata needs 'Authorization: Bearer <token>'"
+            + (" (SMART Backend Services: see .well-known/smart-configuration)." if smart else ".")
         }
     return {
         "resourceType": "CapabilityStatement",
@@ -232,7 +344,9 @@ class FhirServer:
     """The FHIR server on a background thread (`start`/`stop`, or `with`), or in the foreground.
 
     Data is loaded in the constructor so a broken fixture fails at once. `port=0` picks a free
-    port; `base_url` gives the one actually bound.
+    port; `base_url` gives the one actually bound. `clients` registers SMART Backend Services clients
+    (id -> JWK Set, see cds_plugin.sandbox.smart_auth); `export_delay_s` keeps Bulk Data jobs running
+    at least that long and `export_file_lines` is the most resources per NDJSON file.
     """
 
     def __init__(
@@ -242,14 +356,27 @@ class FhirServer:
         port: int = 0,
         token: str | None = None,
         page_size_default: int = 50,
+        *,
+        clients: Mapping[str, Any] | None = None,
+        export_delay_s: float = 0.0,
+        export_file_lines: int = DEFAULT_LINES_PER_FILE,
     ) -> None:
         self.store = FhirStore.load(data)
         self.host = host
         self.port = port
         self.token = token
-        self.app = create_fhir_app(self.store, token, page_size_default=page_size_default)
+        self.auth = BackendAuth(clients) if clients else None
+        self.exports = BulkExports(self.store, lines_per_file=export_file_lines, delay_s=export_delay_s)
+        self.app = create_fhir_app(
+            self.store, token, page_size_default=page_size_default, auth=self.auth, exports=self.exports
+        )
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def token_url(self) -> str:
+        """The SMART Backend Services token endpoint (an `aud` for client assertions)."""
+        return self.base_url.removesuffix("/fhir") + TOKEN_PATH
 
     @property
     def base_url(self) -> str:
@@ -301,6 +428,7 @@ class FhirServer:
         finally:
             server.server_close()
             self._server = None
+            self.exports.close()
 
     def stop(self) -> None:
         """Stop serving and release the port; safe to call twice."""
@@ -311,6 +439,7 @@ class FhirServer:
             server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        self.exports.close()
 
     def __enter__(self) -> FhirServer:
         return self.start()
@@ -341,6 +470,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV}, else no check)",
     )
     parser.add_argument("--page-size", type=int, default=50, help="entries per page when _count is absent")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID=JWKS_FILE",
+        help="register a SMART Backend Services client by its JWK Set (repeatable); bearer tokens from "
+        f"the token endpoint ({TOKEN_PATH}) are then accepted, and required",
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -358,8 +495,18 @@ def run(args: argparse.Namespace) -> int:
         print("error: --page-size must be at least 1", file=sys.stderr)
         return 2
     try:
+        clients = dict(parse_client_option(value) for value in args.client)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         server = FhirServer(
-            args.data, host=args.host, port=args.port, token=args.token, page_size_default=args.page_size
+            args.data,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            page_size_default=args.page_size,
+            clients=clients,
         )
     except CdsPluginError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -373,8 +520,14 @@ def run(args: argparse.Namespace) -> int:
 
     def ready(base_url: str) -> None:
         print(f"FHIR R4 server at {base_url} ({counts}); Ctrl-C stops it", flush=True)
-        if server.token:
+        if server.token or server.auth:
             print("bearer token required (except /metadata)", flush=True)
+        if server.auth:
+            print(
+                f"SMART Backend Services token endpoint at {server.token_url} "
+                f"({len(server.auth.clients)} client(s) registered)",
+                flush=True,
+            )
 
     try:
         server.serve_forever(on_ready=ready)

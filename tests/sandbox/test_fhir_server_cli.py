@@ -88,3 +88,18 @@ def test_foreground_server_prints_its_url_and_stops_on_ctrl_c(fhir_data: Path) -
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_client_option_registers_a_jwks_or_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cds_plugin.sandbox.keys import ClientKey
+    from cds_plugin.sandbox.smart_auth import parse_client_option
+
+    _, jwks = ClientKey.generate(kid="k").write(tmp_path / "keys")
+    assert parse("--data", "d", "--client", f"bulk={jwks}").client == [f"bulk={jwks}"]
+    assert parse_client_option(f"bulk={jwks}") == ("bulk", str(jwks))
+    assert run(parse("--data", str(tmp_path), "--client", "no-equals-sign")) == 2
+    assert "expected ID=JWKS_FILE" in capsys.readouterr().err
+    assert run(parse("--data", str(tmp_path), "--client", f"bulk={tmp_path / 'missing.json'}")) == 2
+    assert "cannot read JWK Set file" in capsys.readouterr().err
