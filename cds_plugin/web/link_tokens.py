@@ -62,7 +62,7 @@ class LinkSigner:
         if not token or token.count(".") != 1 or len(token) > 1000:
             raise LinkTokenError("malformed token")
         payload, mac = token.split(".")
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        if not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):  # bytes: str must be ASCII
             raise LinkTokenError("bad signature")
         try:
             claims = json.loads(_unb64(payload))
