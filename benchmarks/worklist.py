@@ -17,7 +17,10 @@ given by `--model` (default: the packaged one). Printed per run:
 - peak resident memory of each worker process when scoring ended and over the whole run (the
   integrated-gradients stage adds to it), and of the client process;
 - CPU seconds of the grouping and scoring tasks (all workers): what the work costs whatever the load;
-- the machine's load average before and after (the cores may be shared).
+- the machine's load average before and after, and the scoring tasks' wall time over their CPU time
+  (about 1 when every worker had a core to itself; higher when the cores were shared with other work).
+
+`--repeats N` alternates N runs of 1 and of 2 workers and keeps the best of each.
 
 `--sizes` adds 2-worker runs on random subsets of that many patients (seed 0), to show how worker
 memory grows with the population (it should not: it follows the partition size).
@@ -102,8 +105,11 @@ def one_run(args: argparse.Namespace) -> dict:
     scoring_peaks: dict[int, int] = {}
     for summary in manifest["scored"].values():
         scoring_peaks[summary["pid"]] = max(scoring_peaks.get(summary["pid"], 0), summary["peak_rss"])
-    cpu = sum(s["cpu_seconds"] for s in manifest["splits"].values())
-    cpu += sum(s["cpu_seconds"] for s in manifest["scored"].values())
+    tasks = [*manifest["splits"].values(), *manifest["scored"].values()]
+    cpu = sum(s["cpu_seconds"] for s in tasks)
+    scored = manifest["scored"].values()
+    # task wall time over task CPU time: about 1 when each worker had its core, 2 when it had half of one
+    starved = sum(s["seconds"] for s in scored) / max(sum(s["cpu_seconds"] for s in scored), 1e-9)
     return {
         "workers": args.workers,
         "patients": result.patients,
@@ -118,6 +124,7 @@ def one_run(args: argparse.Namespace) -> dict:
         "wall_s": round(wall, 1),
         "startup_and_outputs_s": round(wall - busy - t["explain"], 1),
         "task_cpu_s": round(cpu, 1),  # grouping and scoring tasks, all workers together
+        "scoring_wall_over_cpu": round(starved, 2),
         "worker_peak_rss_scoring_mib": sorted(round(v / 2**20) for v in scoring_peaks.values()),
         "worker_peak_rss_mib": sorted(round(v / 2**20) for v in result.worker_peak_rss.values()),
         "client_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -145,6 +152,7 @@ def main() -> int:
     parser.add_argument("--model", help="model folder (default: the packaged model)")
     parser.add_argument("--sizes", default="", help="comma-separated subset sizes for the memory runs")
     parser.add_argument("--explain-top", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per worker count, best kept")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--export", help=argparse.SUPPRESS)
@@ -172,10 +180,14 @@ def main() -> int:
     size = sum(p.stat().st_size for p in exports[len(files)].iterdir())
     print(f"{len(files)} patients, {size / 2**20:.0f} MiB of NDJSON", flush=True)
 
-    runs = []
-    for workers in (1, 2):
-        runs.append(run_in_process(exports[len(files)], args.work / f"out-{workers}w", workers, args))
-        print(json.dumps(runs[-1]), flush=True)
+    best: dict[int, dict] = {}
+    for attempt in range(args.repeats):  # alternating, best of each: shared cores make single runs noisy
+        for workers in (1, 2):
+            run = run_in_process(exports[len(files)], args.work / f"out-{workers}w", workers, args)
+            print(json.dumps({**run, "attempt": attempt + 1}), flush=True)
+            if workers not in best or run["patients_per_s"] > best[workers]["patients_per_s"]:
+                best[workers] = run
+    runs = [best[1], best[2]]
     for n in sizes[:-1]:
         runs.append({**run_in_process(exports[n], args.work / f"out-{n}", 2, args), "subset": n})
         print(json.dumps(runs[-1]), flush=True)
@@ -184,9 +196,10 @@ def main() -> int:
     print()
     print(
         "| workers | patients | partitions | patients/s | grouping | scoring | task CPU | first partition "
-        "| IG top rows | worker peak RSS: scoring; whole run | client peak RSS | load before → after |"
+        "| IG top rows | worker peak RSS: scoring; whole run | client peak RSS | task wall/CPU "
+        "| load before → after |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         first = f"{r['first_partition_s']:.1f} s" if r["first_partition_s"] is not None else "-"
         print(
@@ -195,7 +208,7 @@ def main() -> int:
             f"| {r['explained']} in {r['explain_s']:.1f} s "
             f"| {', '.join(str(m) for m in r['worker_peak_rss_scoring_mib'])}; "
             f"{', '.join(str(m) for m in r['worker_peak_rss_mib'])} MiB | {r['client_peak_rss_mib']} MiB "
-            f"| {r['load_before'][0]} → {r['load_after'][0]} |"
+            f"| {r['scoring_wall_over_cpu']} | {r['load_before'][0]} → {r['load_after'][0]} |"
         )
     print(f"\n2 workers / 1 worker throughput: {two['patients_per_s'] / one['patients_per_s']:.2f}x")
     if args.json:
