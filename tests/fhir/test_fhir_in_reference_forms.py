@@ -16,6 +16,7 @@ from cds_plugin.fhir import read_prefetch, read_record
 from cds_plugin.fhir.references import ResourceIndex, parse_reference
 from tests.fhir.conftest import PATIENT_NAMES, patient_bundle, request_body
 from tests.fhir.reference_forms import CONTAINERS, canonical, comparable, write
+from tests.helpers.open_app import open_app
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("CDS_PLUGIN_HYPOTHESIS_EXAMPLES", "60")),
@@ -125,18 +126,7 @@ def _card_content(card: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def service_client(tiny_model, tmp_path_factory):
-    from cds_plugin.settings import Settings
-    from cds_plugin.web.app import create_app
-
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path_factory.mktemp("forms")),
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,
-        background_max_pending=0,
-    )
-    return create_app(settings).test_client()
+    return open_app(tiny_model, tmp_path_factory.mktemp("forms")).test_client()
 
 
 @pytest.mark.parametrize("name", ["diabetes-adult-2025", "heart-failure-elderly-2019"])

@@ -11,8 +11,8 @@ import pytest
 
 from cds_plugin import metrics
 from cds_plugin.settings import Settings
-from cds_plugin.web.app import create_app
 from tests.helpers.databases import database_url  # noqa: F401  (a fixture)
+from tests.helpers.open_app import open_app
 
 REQUESTS = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 SERVICE = "diagnosis-considerations"
@@ -29,17 +29,7 @@ def as_another_patient(body: dict) -> dict:
 
 
 def make_app(tiny_model, data_dir, url: str = "", **overrides):  # type: ignore[no-untyped-def]
-    settings = Settings.load(
-        environ={},
-        data_dir=str(data_dir),
-        database_url=url,
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,
-        background_max_pending=0,
-        **overrides,
-    )
-    return create_app(settings)
+    return open_app(tiny_model, data_dir, database_url=url, **overrides)
 
 
 def topics(resp) -> list[str]:  # type: ignore[no-untyped-def]

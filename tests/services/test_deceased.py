@@ -12,8 +12,7 @@ import pytest
 
 from cds_plugin import metrics
 from cds_plugin.fhir import read_record
-from cds_plugin.settings import Settings
-from cds_plugin.web.app import create_app
+from tests.helpers.open_app import open_app
 
 REQUESTS = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 SERVICES = {
@@ -26,15 +25,8 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def client(tiny_model, tmp_path_factory):
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path_factory.mktemp("deceased")),
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,  # so a living patient surely gets cards
-        background_max_pending=0,
-    )
-    return create_app(settings).test_client()
+    # no probability floor, so a living patient surely gets cards
+    return open_app(tiny_model, tmp_path_factory.mktemp("deceased")).test_client()
 
 
 def request_with(hook: str, **deceased) -> dict:  # type: ignore[no-untyped-def]

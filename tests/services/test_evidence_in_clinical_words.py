@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from cds_plugin.settings import Settings
-from cds_plugin.web.app import create_app
 from tests.clinical_words import SYSTEM_URL, WORDS_FOR_KINDS, value_problems
+from tests.helpers.open_app import open_app
 
 REQUESTS = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 SERVICES = {
@@ -26,16 +25,7 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 @pytest.fixture(scope="module")
 def app(tiny_model, tmp_path_factory):
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path_factory.mktemp("words")),
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,
-        max_cards=5,
-        background_max_pending=0,
-    )
-    return create_app(settings)
+    return open_app(tiny_model, tmp_path_factory.mktemp("words"), max_cards=5)
 
 
 def _quantities(body: dict) -> dict[str, list[tuple[str | None, float]]]:

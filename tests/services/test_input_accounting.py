@@ -14,23 +14,14 @@ import pytest
 
 from cds_plugin import metrics
 from cds_plugin.cli import main
-from cds_plugin.settings import Settings
-from cds_plugin.web.app import create_app
+from tests.helpers.open_app import open_app
 
 REQUESTS = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model, tmp_path_factory):
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path_factory.mktemp("accounting")),
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,
-        background_max_pending=0,
-    )
-    return create_app(settings).test_client()
+    return open_app(tiny_model, tmp_path_factory.mktemp("accounting")).test_client()
 
 
 def request_of(name: str) -> dict:

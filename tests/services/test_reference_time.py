@@ -12,8 +12,7 @@ import pytest
 from cds_plugin.cli import main
 from cds_plugin.fhir import read_prefetch, read_record, read_records
 from cds_plugin.fhir.reference_time import reference_time
-from cds_plugin.settings import Settings
-from cds_plugin.web.app import create_app
+from tests.helpers.open_app import open_app
 
 REQUESTS = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 FIXED = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
@@ -59,16 +58,7 @@ def test_cli_assess_engine_and_the_patient_view_hook_agree(
     assert direct.reference_time == FIXED
     assert {(c.kind, c.code): round(c.probability, 4) for c in direct.considerations} == by_code
 
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path / "svc"),
-        jwt_required=False,
-        model_path=str(tiny_model),
-        min_card_probability=0.0,
-        max_cards=20,
-        background_max_pending=0,
-    )
-    app = create_app(settings)
+    app = open_app(tiny_model, tmp_path / "svc", max_cards=20)
     client = app.test_client()
     store = app.extensions["cds_plugin"].explanation_store
     compared = 0

@@ -1,0 +1,29 @@
+"""The service as the service tests call it: JWT off, no probability floor, no after-response queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+
+def open_app(model_path: str | Path, data_dir: str | Path, **overrides: Any) -> Flask:
+    """An app on `model_path` keeping its files in `data_dir`; `overrides` are further settings.
+
+    No floor under card probabilities, so a tiny model's cards show; integrated gradients are left to the
+    page (background_max_pending=0), so no background job outlives a test.
+    """
+    from cds_plugin.settings import Settings
+    from cds_plugin.web.app import create_app
+
+    settings = Settings.load(
+        environ={},
+        data_dir=str(data_dir),
+        jwt_required=False,
+        model_path=str(model_path),
+        min_card_probability=0.0,
+        background_max_pending=0,
+        **overrides,
+    )
+    return create_app(settings)
