@@ -4,10 +4,10 @@ forward pass of the same input, beside a plain per-target captum call measured i
     python benchmarks/explain_ig.py [--model DIR] [--data DIR] [--patients 40] [--repeats 5] [--threads 1]
 
 "Median patient": the one of median input length among the first `--patients` bundles under `--data`.
-Ours: `engine.explain(assessment, top3)` at its default settings (the three targets in one batched
-captum call, one shared forward for F(x) and F(baseline), Gauss-Legendre steps). Plain: one
-`LayerIntegratedGradients.attribute` call per target on the model's word embeddings, with the same
-steps, baseline and quadrature and captum's defaults otherwise (no internal batching limit, its own
+Ours: `engine.explain(assessment, top3)` at its default settings (one forward of the interpolation
+batch for the three targets, a backward per target, Gauss-Legendre steps). Plain: one captum
+`IntegratedGradients.attribute` call per target on the model's fact embeddings, with the same steps,
+baseline and quadrature and captum's defaults otherwise (no internal batching limit, its own
 convergence delta), as a first integration would write it. Times are medians over `--repeats` runs
 after one warm-up run each; one torch thread unless `--threads` says otherwise (a worker's setting).
 """
@@ -47,12 +47,12 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from captum.attr import LayerIntegratedGradients
+    from captum.attr import IntegratedGradients
 
+    from cds_plugin import Engine
     from cds_plugin.explain.inputs import prepare
-    from cds_plugin.explain.integrated_gradients import DEFAULTS, QUADRATURE, baseline_ids
+    from cds_plugin.explain.integrated_gradients import DEFAULTS, QUADRATURE, baseline_embeddings
     from cds_plugin.model.dataset import bundle_files
-    from cds_plugin.model.engine import Engine
 
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model)
@@ -62,39 +62,41 @@ def main() -> int:
     assessments.sort(key=lambda a: len(a.encoded))
     a = assessments[len(assessments) // 2]
     top3 = a.considerations[:3]
-    ids, mask = engine.tokenizer.batch([a.encoded])
     temperature = engine.model.temperature
     steps = DEFAULTS["steps"]
 
     @torch.no_grad()
     def forward() -> None:
-        engine.network(ids, mask)
+        engine.logits([a.encoded])
 
     def ours() -> list:  # type: ignore[type-arg]
-        return engine.explain(a, top3)
+        return engine.explain(a, top3, recompute_above=1.0)  # fixed steps, as the plain call
 
     inp = prepare(engine, a)
-    base = baseline_ids(inp, DEFAULTS["baseline"])
+    x = inp.embeddings()
+    base = baseline_embeddings(inp, DEFAULTS["baseline"])
+    batch = inp.batch()
+    mask, bag = batch.mask, batch.bag()
+    length = x.shape[1]
 
-    def probability(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(engine.network(input_ids, attention_mask) / temperature)
+    def probability(embeds: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        n = embeds.shape[0]
+        logits = engine.network.forward_embeds(embeds, mask.expand(n, -1), bag.expand(n), gates)
+        return torch.sigmoid(logits / temperature)
 
     def plain() -> list:  # type: ignore[type-arg]
-        out = []
-        for c in top3:
-            lig = LayerIntegratedGradients(probability, engine.network.embeddings)
-            out.append(
-                lig.attribute(
-                    ids,
-                    baselines=base,
-                    target=c.label_index,
-                    additional_forward_args=(mask,),
-                    n_steps=steps,
-                    method=QUADRATURE,
-                    return_convergence_delta=True,
-                )
+        ig = IntegratedGradients(probability)
+        return [
+            ig.attribute(
+                (x, torch.ones(1, length)),
+                baselines=(base, torch.zeros(1, length)),
+                target=c.label_index,
+                n_steps=steps,
+                method=QUADRATURE,
+                return_convergence_delta=True,
             )
-        return out
+            for c in top3
+        ]
 
     t_forward = median_time(forward, args.repeats * 4)
     t_ours = median_time(ours, args.repeats)
@@ -104,7 +106,7 @@ def main() -> int:
 
     print(f"model {engine.version}; torch threads {torch.get_num_threads()}; steps {steps} ({QUADRATURE})")
     print(
-        f"median patient of {len(assessments)}: {len(a.encoded)} tokens, {len(a.encoded.spans)} facts; "
+        f"median patient of {len(assessments)}: {len(a.encoded)} facts; "
         f"targets: {', '.join(c.code for c in top3)}"
     )
     print(f"one forward pass:             {t_forward * 1000:8.1f} ms")
@@ -116,7 +118,7 @@ def main() -> int:
     for e, (attr, delta) in zip(explanations, plain_results, strict=True):
         d = e.f_x - e.f_baseline
         plain_error = abs(float(delta)) / max(abs(d), 1e-3)
-        same = abs(float(attr.sum()) - sum(ev.score for ev in e.evidence))
+        same = abs(float(sum(a.sum() for a in attr)) - sum(ev.score for ev in e.evidence))
         print(
             f"  {e.target.code:>12}: completeness error ours {e.completeness_error:.2%} "
             f"({e.settings['steps_used']} steps), plain {plain_error:.2%}; |sum difference| {same:.1e}"

@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/model_latency.py [--model DIR] [--data DIR] [--threads 1] [--repeat 30]
 
-Prints the median patient's size, then median and p95 milliseconds for: reading + linearizing +
-encoding (FHIR in), the forward pass alone, and the whole `assess`; and the forward pass at other input
-lengths with the same network shape (the accuracy/latency trade-off in docs/model-card.md uses these).
+Prints the median patient's size, then median and p95 milliseconds for: reading + listing + encoding the
+facts (FHIR in), the forward pass alone, and the whole `assess`; and the forward pass at other fact
+counts with the same network (the cap in docs/model-card.md uses these).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cds_plugin.model.dataset import bundle_files
 from cds_plugin.model.engine import Engine
-from cds_plugin.model.network import CdsNetwork, NetworkConfig
+from cds_plugin.model.facts import EncodedFacts
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "synthea" / "train"
 
@@ -48,12 +49,12 @@ def main() -> None:
     files = sorted(bundle_files(args.data), key=lambda p: p.stat().st_size)
     median_file = files[len(files) // 2]
     raw = median_file.read_bytes()
-    print(f"model {engine.version}, {args.threads} torch thread(s), max_length {engine.model.max_length}")
+    print(f"model {engine.version}, {args.threads} torch thread(s), at most {engine.model.max_facts} facts")
     print(f"median patient: {median_file.name} ({len(raw) / 1024:.0f} KiB on disk)")
 
     record = engine.record_of(median_file)
-    encoded, lin = engine.encode(record)
-    print(f"input: {len(lin.segments)} facts linearized, {len(encoded.spans)} kept, {len(encoded)} tokens")
+    encoded, _ = engine.encode(record)
+    print(f"input: {len(encoded)} positions (facts), {encoded.dropped} beyond the cap")
     fhir = timed(lambda: engine.encode(engine.record_of(median_file)), args.repeat)
     forward = timed(lambda: engine.logits([encoded]), args.repeat)
     whole = timed(lambda: engine.assess(median_file), args.repeat)
@@ -66,27 +67,19 @@ def main() -> None:
         print(f"{name:<34}{med:>10.1f}{p95:>10.1f}")
     print(f"assess / forward ratio: {whole[0] / forward[0]:.2f}")
 
-    config = engine.network.encoder.config
-    print("\nforward pass by input length (same network shape, random weights):")
-    for length in (128, 256, 384, 512):
-        shape = NetworkConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            max_position_embeddings=max(length, 512),
+    print("\nforward pass by fact count (this network, the patient's facts repeated or cut):")
+    for length in (128, 256, 512, 1024):
+        index = np.resize(np.arange(len(encoded)), length)
+        sized = EncodedFacts(
+            encoded.codes[index],
+            encoded.values[index],
+            encoded.times[index],
+            encoded.kinds[index],
+            encoded.concepts[index],
+            index,
         )
-        net = CdsNetwork.from_scratch(shape, len(engine.labels)).eval()
-        ids = torch.randint(5, config.vocab_size, (1, length))
-        mask = torch.ones_like(ids)
-
-        def run(net=net, ids=ids, mask=mask) -> None:  # type: ignore[no-untyped-def]
-            with torch.no_grad():
-                net(ids, mask)
-
-        med, p95 = timed(run, args.repeat)
-        print(f"  {length:>4} tokens: median {med:6.1f} ms, p95 {p95:6.1f} ms")
+        med, p95 = timed(lambda sized=sized: engine.logits([sized]), args.repeat)
+        print(f"  {length:>5} facts: median {med:6.1f} ms, p95 {p95:6.1f} ms")
 
 
 if __name__ == "__main__":

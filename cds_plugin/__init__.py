@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 __all__ = ["Engine", "__version__"]
 
 if TYPE_CHECKING:
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
 
 def __getattr__(name: str) -> Any:
     # imported lazily: `import cds_plugin` (the CLI, the web app) must not pay for torch unless needed
     if name == "Engine":
-        from cds_plugin.model.engine import Engine
+        from cds_plugin.explain.engine import Engine
 
         return Engine
     raise AttributeError(name)

@@ -76,27 +76,96 @@ def cmd_train(args: argparse.Namespace) -> int:
     _configure_logging("INFO")
     _torch_threads(args.threads)
     config = TrainConfig.tiny() if args.tiny else TrainConfig()
-    for name in ("seed", "limit_patients", "finetune_epochs", "pretrain_epochs", "max_length", "batch_size"):
+    for name in (
+        "seed",
+        "limit_patients",
+        "finetune_epochs",
+        "pretrain_epochs",
+        "max_facts",
+        "batch_size",
+        "labels_file",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
-    meta = train(args.data, args.out, config, base=args.base, progress=not args.quiet)
-    summary = {k: meta[k] for k in ("model_version", "patients", "examples", "temperature", "timings")}
+    from cds_plugin.errors import CdsPluginError
+
+    try:
+        meta = train(args.data, args.out, config, progress=not args.quiet)
+    except (CdsPluginError, ValueError) as exc:
+        print(f"cds-plugin train: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: meta[k] for k in ("model_version", "patients", "situations", "temperature", "timings")}
     summary["labels"] = json.loads((Path(args.out) / "labels.json").read_text())["labels"].__len__()
-    summary["best_val_macro_auprc"] = meta["finetune"]["best_val_macro_auprc"]
+    summary["best_val_score"] = meta["finetune"]["best_val_score"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    """The label space as a table, with training counts when a data folder is given."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cds_plugin.model.label_space import LabelFileError, LabelSpace
+
+    try:
+        labels = LabelSpace.from_file(args.file)
+    except LabelFileError as exc:
+        print(f"cds-plugin: {exc}", file=sys.stderr)
+        return 1
+    counts: dict[int, tuple[int, int]] = {}
+    if args.data:
+        from cds_plugin.model.label_space import training_counts
+
+        counts = training_counts(labels, args.data, progress=not args.quiet)
+    table = Table(title=f"{len(labels)} considerations ({len(labels.excluded)} exclusions: --excluded)")
+    for column in ("kind", "code", "display", "members", "sexes", "ages"):
+        table.add_column(column)
+    if counts:
+        table.add_column("patients", justify="right")
+        table.add_column("positives", justify="right")
+    for i, label in enumerate(labels):
+        row = [
+            label.kind,
+            label.code,
+            label.display,
+            ", ".join(label.codes),
+            "/".join(label.sexes),
+            f"{label.min_age:g}-{label.max_age:g}",
+        ]
+        if counts:
+            row += [str(n) for n in counts.get(i, (0, 0))]
+        table.add_row(*row)
+    console = Console(width=args.width)
+    console.print(table)
+    if args.excluded:
+        excluded = Table(title="excluded")
+        for column in ("kind", "codes", "display", "reason"):
+            excluded.add_column(column)
+        for e in labels.excluded:
+            excluded.add_row(e.kind, ", ".join(e.codes), e.display, e.reason)
+        console.print(excluded)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from cds_plugin.model.evaluation import evaluate_model, render_table
+    from cds_plugin.model.evaluation import evaluate_model, render_gaps, render_table
 
     _configure_logging("WARNING")
     _torch_threads(args.threads)
-    report = evaluate_model(args.model, args.data, split=args.split, progress=not args.quiet)
+    from cds_plugin.errors import CdsPluginError
+
+    try:
+        report = evaluate_model(args.model, args.data, split=args.split, progress=not args.quiet)
+    except (CdsPluginError, ValueError) as exc:
+        print(f"cds-plugin evaluate: {exc}", file=sys.stderr)
+        return 2
     print(render_table(report))
+    print()
+    print(render_gaps(report))
     print(json.dumps(report["meta"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -146,7 +215,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
     import json
 
     from cds_plugin.errors import CdsPluginError
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
     _configure_logging("WARNING")
     engine = Engine.load(args.model)
@@ -171,7 +240,7 @@ def cmd_assess(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from cds_plugin.errors import CdsPluginError
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
     _configure_logging("WARNING")
     engine = Engine.load(args.model)
@@ -242,24 +311,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model on a folder of per-patient FHIR bundles")
     train.add_argument(
-        "--data", required=True, help="folder of FHIR bundles (.json, .json.gz), one per patient"
+        "--data",
+        required=True,
+        help="folder of per-patient FHIR bundles (.json, .json.gz) and/or Bulk Data NDJSON exports",
     )
     train.add_argument("--out", required=True, help="folder to write the model to")
-    train.add_argument("--base", help="a Hugging Face encoder checkpoint on disk to fine-tune instead")
+    train.add_argument("--labels", dest="labels_file", help="label file (default: the package's labels.toml)")
     train.add_argument("--seed", type=int)
     train.add_argument("--limit-patients", type=int, dest="limit_patients")
     train.add_argument("--finetune-epochs", type=int, dest="finetune_epochs")
     train.add_argument("--pretrain-epochs", type=int, dest="pretrain_epochs", help="0 skips pretraining")
-    train.add_argument("--max-length", type=int, dest="max_length")
+    train.add_argument("--max-facts", type=int, dest="max_facts", help="facts per record, most recent first")
     train.add_argument("--batch-size", type=int, dest="batch_size")
     train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
+    labels = sub.add_parser("labels", help="print the label space (considerations and exclusions)")
+    labels.add_argument("--file", help="label file (default: the package's labels.toml)")
+    labels.add_argument("--data", help="training data folder: add patient and positive-example counts")
+    labels.add_argument("--excluded", action="store_true", help="also list the excluded codes and reasons")
+    labels.add_argument("--width", type=int, default=200, help="table width in characters")
+    labels.add_argument("--quiet", action="store_true", help="no progress bar")
+    labels.set_defaults(func=cmd_labels)
+
     evaluate = sub.add_parser("evaluate", help="evaluate a model beside prevalence and logistic regression")
     evaluate.add_argument("--model", required=True, help="model folder")
-    evaluate.add_argument("--data", required=True, help="folder of FHIR bundles")
+    evaluate.add_argument("--data", required=True, help="folder of FHIR bundles and/or NDJSON exports")
     evaluate.add_argument("--split", choices=("validation", "all"), default="validation")
     evaluate.add_argument("--json", help="write the full report here")
     evaluate.add_argument("--threads", type=int)

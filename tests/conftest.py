@@ -59,6 +59,6 @@ def tiny_model(tmp_path_factory, corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_model):
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
     return Engine.load(tiny_model)

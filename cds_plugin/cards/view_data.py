@@ -117,6 +117,10 @@ def segment_json(segment: Segment) -> dict[str, Any]:
         "date": segment.date.isoformat() if segment.date else None,
         "display": segment.display,
         "code": segment.code,
+        "value": segment.value,
+        "unit": segment.unit,
+        "value_code": segment.value_code,
+        "status": segment.status,
     }
 
 
@@ -131,6 +135,10 @@ def linearization_from_payload(payload: dict[str, Any]) -> Linearization:
             date=datetime.fromisoformat(s["date"]) if s.get("date") else None,
             display=s["display"],
             code=s.get("code"),
+            value=s.get("value"),
+            unit=s.get("unit"),
+            value_code=s.get("value_code"),
+            status=s.get("status"),
         )
         for s in payload.get("segments", [])
     )

@@ -26,7 +26,6 @@ from cds_plugin.explain.explanation import (
     Explanation,
     ExplanationError,
     FactScore,
-    TokenScore,
 )
 from cds_plugin.explain.inputs import ExplainInput, Target, UnknownTargetError, prepare, resolve_targets
 from cds_plugin.explain.registry import get, methods, register
@@ -47,7 +46,6 @@ __all__ = [
     "ExplanationError",
     "FactScore",
     "Target",
-    "TokenScore",
     "UnknownTargetError",
     "explain",
     "methods",

@@ -1,9 +1,9 @@
-"""From token scores to evidence a clinician can check: one entry per FHIR resource of the input.
+"""From position scores to evidence a clinician can check: one entry per FHIR resource of the input.
 
-Every token of the model input belongs to exactly one fact (linearization segment) and every fact to
-one resource, so summing token scores per fact and per resource loses nothing: for additive methods the
-evidence still adds up to F(x) - F(baseline). References come from the segments, which name resources
-exactly as the input did, so every evidence entry points at a resource the EHR sent.
+Every model position is exactly one fact (linearization segment) and every fact belongs to one resource,
+so summing fact scores per resource loses nothing: for additive methods the evidence still adds up to
+F(x) - F(baseline). References come from the segments, which name resources exactly as the input did, so
+every evidence entry points at a resource the EHR sent.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cds_plugin.explain.explanation import Evidence, Explanation, FactScore, TokenScore
+from cds_plugin.explain.explanation import Evidence, Explanation, FactScore
 from cds_plugin.fhir.clinical_text import observation_value as clinical_value
 from cds_plugin.fhir.record import Observation
 
@@ -25,18 +25,11 @@ if TYPE_CHECKING:
 MAX_PARTS = 3
 
 
-def fact_scores(inp: ExplainInput, token_scores: np.ndarray) -> dict[int, float]:
-    """Token scores summed per kept fact (segment index -> score)."""
-    return {segment: float(token_scores[start:end].sum()) for start, end, segment in inp.encoded.spans}
-
-
-def spread_over_tokens(inp: ExplainInput, scores: Mapping[int, float]) -> np.ndarray:
-    """Per-token scores from per-fact scores (each fact's score shared evenly by its tokens), for views
-    of methods that score whole facts."""
-    out = np.zeros(inp.length, dtype=np.float64)
-    for start, end, segment in inp.encoded.spans:
-        out[start:end] = scores.get(segment, 0.0) / max(end - start, 1)
-    return out
+def fact_scores(inp: ExplainInput, position_scores: np.ndarray) -> dict[int, float]:
+    """Position scores keyed by linearization segment (segment index -> score)."""
+    return {
+        segment: float(score) for segment, score in zip(inp.position_segments, position_scores, strict=True)
+    }
 
 
 def _segment_part(segment: Segment, fact: Any, age: float | None) -> str:
@@ -63,7 +56,7 @@ def displays(inp: ExplainInput) -> dict[str, str]:
     parts: dict[str, list[str]] = {}
     dates: dict[str, str] = {}
     segments = inp.linearization.segments
-    for _, _, index in inp.encoded.spans:
+    for index in inp.position_segments:
         segment = segments[index]
         part = _segment_part(segment, facts.get((segment.reference, segment.path)), age)
         bucket = parts.setdefault(segment.reference, [])
@@ -84,7 +77,7 @@ def evidence_of(inp: ExplainInput, per_fact: Mapping[int, float]) -> list[Eviden
     totals: dict[str, float] = {}
     kinds: dict[str, str] = {}
     segments = inp.linearization.segments
-    for _, _, index in inp.encoded.spans:
+    for index in inp.position_segments:
         segment = segments[index]
         totals[segment.reference] = totals.get(segment.reference, 0.0) + per_fact.get(index, 0.0)
         kinds.setdefault(segment.reference, segment.resource_type)
@@ -104,24 +97,15 @@ def evidence_of(inp: ExplainInput, per_fact: Mapping[int, float]) -> list[Eviden
     return [entries[i] for i in order]
 
 
-def _token_texts(inp: ExplainInput) -> list[str]:
-    cached = inp.cache.get("token_texts")
-    if cached is None:
-        tok = inp.engine.tokenizer.tokenizer
-        cached = [tok.id_to_token(i) or "[UNK]" for i in inp.encoded.input_ids]
-        inp.cache["token_texts"] = cached
-    return cached
-
-
 def build(
     inp: ExplainInput,
     target: Target,
     *,
     method: str,
     settings: Mapping[str, Any],
-    token_scores: np.ndarray,
     label_specific: bool,
     score_unit: str,
+    position_scores: np.ndarray | None = None,
     per_fact: Mapping[int, float] | None = None,
     f_x: float | None = None,
     f_baseline: float | None = None,
@@ -129,9 +113,11 @@ def build(
     warnings: Sequence[str] = (),
     elapsed_s: float = 0.0,
 ) -> Explanation:
-    """An Explanation from token scores (or from fact scores, `per_fact`, for fact-level methods)."""
+    """An Explanation from scores per model position (or per segment, `per_fact`)."""
     if per_fact is None:
-        per_fact = fact_scores(inp, token_scores)
+        if position_scores is None:
+            raise ValueError("build: position_scores or per_fact is needed")
+        per_fact = fact_scores(inp, position_scores)
     segments = inp.linearization.segments
     facts = [
         FactScore(
@@ -141,11 +127,7 @@ def build(
             text=segments[index].text,
             score=float(per_fact.get(index, 0.0)),
         )
-        for _, _, index in inp.encoded.spans
-    ]
-    tokens = [
-        TokenScore(token=text, segment=segment, score=float(score))
-        for text, segment, score in zip(_token_texts(inp), inp.token_segments, token_scores, strict=True)
+        for index in inp.position_segments
     ]
     return Explanation(
         model_version=inp.engine.version,
@@ -157,7 +139,6 @@ def build(
         score_unit=score_unit,
         evidence=evidence_of(inp, per_fact),
         facts=facts,
-        tokens=tokens,
         f_x=f_x,
         f_baseline=f_baseline,
         completeness_error=completeness_error,

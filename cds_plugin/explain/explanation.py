@@ -4,7 +4,8 @@ An Explanation answers "which of this patient's FHIR resources moved this consid
 much". It carries what is needed to judge it later without the model at hand: the model version, the
 method and its exact settings, the target, the probability explained, and for additive methods the
 two model outputs the scores must add up to (F(x) - F(baseline)) with the measured completeness error.
-Token-level scores travel alongside the per-resource evidence so a viewer can highlight the facts.
+Scores per fact (one per model position) travel alongside the per-resource evidence so a viewer can
+highlight the facts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from cds_plugin.errors import CdsPluginError
 
 #: Version of the JSON layout below; `from_json` refuses other versions instead of misreading them.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: `score_unit` values: additive scores in probability units, or a non-negative relevance.
 PROBABILITY = "probability"
@@ -59,21 +60,12 @@ class Evidence:
 
 @dataclass(frozen=True)
 class FactScore:
-    """One fact (linearization segment) kept in the model input, with its summed token score."""
+    """One fact (linearization segment, one model position) with its score."""
 
     segment: int
     reference: str
     path: str
     text: str
-    score: float
-
-
-@dataclass(frozen=True)
-class TokenScore:
-    """One input token; `segment` is None for [CLS] and [SEP], which belong to no fact."""
-
-    token: str
-    segment: int | None
     score: float
 
 
@@ -90,7 +82,6 @@ class Explanation:
     score_unit: str
     evidence: list[Evidence]
     facts: list[FactScore] = field(default_factory=list)
-    tokens: list[TokenScore] = field(default_factory=list)
     f_x: float | None = None
     f_baseline: float | None = None
     completeness_error: float | None = None
@@ -108,8 +99,8 @@ class Explanation:
         return [e.reference for e in self.evidence]
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form (what `asdict` gives, built directly: asdict deep-copies every token score
-        and cost tens of milliseconds per card in the hook call)."""
+        """The JSON form (what `asdict` gives, built directly: asdict deep-copies every fact score and
+        cost tens of milliseconds per card in the hook call)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["settings"] = copy.deepcopy(self.settings)
         data["target"] = asdict(self.target)
@@ -122,7 +113,6 @@ class Explanation:
             {"segment": f.segment, "reference": f.reference, "path": f.path, "text": f.text, "score": f.score}
             for f in self.facts
         ]
-        data["tokens"] = [{"token": t.token, "segment": t.segment, "score": t.score} for t in self.tokens]
         data["warnings"] = list(self.warnings)
         return data
 
@@ -136,7 +126,6 @@ class Explanation:
             values["target"] = ExplainedTarget(**data["target"])
             values["evidence"] = [Evidence(**e) for e in data["evidence"]]
             values["facts"] = [FactScore(**f) for f in data.get("facts", [])]
-            values["tokens"] = [TokenScore(**t) for t in data.get("tokens", [])]
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ExplanationError(f"not an explanation: {exc}") from exc

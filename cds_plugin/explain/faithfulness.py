@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 from cds_plugin.errors import CdsPluginError
 from cds_plugin.explain import registry
+from cds_plugin.explain.engine import Engine
 from cds_plugin.explain.explanation import Explanation
 from cds_plugin.explain.inputs import ExplainInput, Target
 from cds_plugin.fhir.record import FACT_FIELDS, PatientRecord
-from cds_plugin.model.engine import Engine
 
 RANDOM = "random"
 KS = (1, 3, 5)
@@ -187,19 +187,6 @@ def erasure_scores(
 # --- model randomization -------------------------------------------------------------------------------
 
 
-def _encoder_layers(network: nn.Module) -> list[nn.Module]:
-    encoder = network.encoder  # type: ignore[attr-defined]
-    for path in ("encoder.layer", "transformer.layer", "layers", "layer"):
-        node: Any = encoder
-        for part in path.split("."):
-            node = getattr(node, part, None)
-            if node is None:
-                break
-        if isinstance(node, nn.ModuleList):
-            return list(node)
-    return []
-
-
 def _reinitialise(module: nn.Module, generator: torch.Generator, std: float) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -217,11 +204,15 @@ def randomized_engines(engine: Engine, seed: int = 0, max_layers: int = 2) -> li
     """Cascading randomization: the head, then the head and the top layer, then one layer more..."""
     network = copy.deepcopy(engine.network)
     generator = torch.Generator().manual_seed(seed)
-    std = float(getattr(network.encoder.config, "initializer_range", 0.02))
+    std = 0.02  # the network's initialisation (CdsFactsModel._init_weights)
     out = []
-    _reinitialise(network.head, generator, std)
+    if network.head is not None:
+        _reinitialise(network.head, generator, std)
+    if network.code_weights is not None:  # the bag path's head: its fitted regression
+        with torch.no_grad():
+            network.code_weights.weight.normal_(0.0, std, generator=generator)
     stages: list[tuple[str, nn.Module | None]] = [("head", None)]
-    layers = _encoder_layers(network)
+    layers = list(network.layers)
     for depth, layer in enumerate(reversed(layers[-max_layers:] if max_layers else []), start=1):
         stages.append((f"head + top {depth} layer{'s' if depth > 1 else ''}", layer))
     for name, layer in stages:
@@ -294,9 +285,9 @@ def build_cases(
     for record in records:
         rng = random.Random(f"{seed}:{record.reference}")
         times = reference_times(record, 1, rng)
-        example_record = make_example(record, times[0], rng).record if times else record
+        example_record = make_example(record, times[0], rng, engine.labels).record if times else record
         inp = prepare(engine, example_record)
-        if not inp.encoded.spans:
+        if not inp.length:
             continue
         order = np.argsort(-inp.probabilities, kind="stable")[:targets_per_patient]
         keys = engine.labels.labels
@@ -352,7 +343,7 @@ def evaluate_explanations(
             seconds[name].append((time.perf_counter() - t0) / len(case.targets))
         removable = sorted(
             {s.reference for s in case.inp.linearization.segments if s.resource_type != "Patient"}
-            & {case.inp.linearization.segments[i].reference for _, _, i in case.inp.encoded.spans}
+            & {case.inp.linearization.segments[i].reference for i in case.inp.position_segments}
         )
         for j, target in enumerate(case.targets):
             orders = {name: ranking(by_method[name][j]) for name in methods}

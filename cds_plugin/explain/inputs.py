@@ -1,7 +1,9 @@
 """What every method starts from: one encoded patient input and the targets to explain on it.
 
 The input is prepared once per `explain` call and shared by all its targets (and by every method run
-on it): reading the FHIR, linearizing, tokenizing, and the forward pass of the unaltered input.
+on it): reading the FHIR, listing and encoding the facts, their embeddings, and the forward pass of the
+unaltered input. Each model position is one fact (one linearization segment), so a method's score per
+position is its score per fact.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from cds_plugin.model.assessment import Assessment, Consideration
 if TYPE_CHECKING:
     from cds_plugin.fhir.linearize import Linearization
     from cds_plugin.fhir.record import PatientRecord
+    from cds_plugin.model.batch import FactBatch
     from cds_plugin.model.engine import Engine
-    from cds_plugin.model.tokenizer import EncodedInput
+    from cds_plugin.model.facts import EncodedFacts
 
 
 class UnknownTargetError(NotFoundError):
@@ -46,34 +49,38 @@ class Target:
 
 @dataclass
 class ExplainInput:
-    """One patient input as the model sees it, with the provenance of every token."""
+    """One patient input as the model sees it, with the provenance of every position."""
 
     engine: Engine
     linearization: Linearization
-    encoded: EncodedInput
+    encoded: EncodedFacts
     record: PatientRecord | None = None
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def length(self) -> int:
-        return len(self.encoded.input_ids)
+        return len(self.encoded)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input ids and attention mask, shape (1, length)."""
-        return self.engine.tokenizer.batch([self.encoded])
+    def batch(self) -> FactBatch:
+        """The input as a batch of one (cached: every method reads the same tensors)."""
+        cached = self.cache.get("batch")
+        if cached is None:
+            cached = self.cache["batch"] = self.engine.batch([self.encoded])
+        return cached
+
+    def embeddings(self) -> torch.Tensor:
+        """Fact embeddings (1, length, hidden) of the unaltered input, without gradient."""
+        cached = self.cache.get("embeddings")
+        if cached is None:
+            with torch.no_grad():
+                cached = self.engine.network.embed(**self.batch().embed_args())
+            self.cache["embeddings"] = cached
+        return cached
 
     @cached_property
-    def token_segments(self) -> list[int | None]:
-        """The linearization segment of every token position (None for [CLS] and [SEP])."""
-        out: list[int | None] = [None] * self.length
-        for start, end, segment in self.encoded.spans:
-            out[start:end] = [segment] * (end - start)
-        return out
-
-    @cached_property
-    def content_positions(self) -> np.ndarray:
-        """Token positions that belong to a fact (everything but [CLS] and [SEP])."""
-        return np.array([i for i, s in enumerate(self.token_segments) if s is not None], dtype=np.int64)
+    def position_segments(self) -> list[int]:
+        """The linearization segment of every model position."""
+        return [int(s) for s in self.encoded.segments]
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -109,7 +116,7 @@ def prepare(engine: Engine, source: Any, as_of: datetime | date | None = None) -
 
 
 def resolve_targets(engine: Engine, target: Any) -> tuple[list[Target], bool]:
-    """Targets from a Consideration, a code (`code` or `kind:code`) or a list of them.
+    """Targets from a Consideration, a code (see `LabelSpace.find`) or a list of them.
 
     Returns the targets and whether a single one was asked for (so the caller answers in kind).
     """
@@ -126,7 +133,7 @@ def resolve_targets(engine: Engine, target: Any) -> tuple[list[Target], bool]:
 
 
 def _label_index(engine: Engine, item: Any) -> int:
-    labels = engine.labels.labels
+    labels = engine.labels
     if isinstance(item, Consideration):
         i = item.label_index
         if 0 <= i < len(labels) and labels[i].code == item.code and labels[i].kind == item.kind:
@@ -134,9 +141,7 @@ def _label_index(engine: Engine, item: Any) -> int:
         item = f"{item.kind}:{item.code}"
     if not isinstance(item, str):
         raise ExplanationError(f"a target is a Consideration or a code, not {type(item).__name__}")
-    matches = [i for i, key in enumerate(labels) if item in (key.code, key.id)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ExplanationError(f"code {item!r} names several labels; use kind:code")
+    i = labels.find(item)
+    if i is not None:
+        return i
     raise UnknownTargetError(f"{item!r} is not a label of model {engine.version}", expression="code")

@@ -1,11 +1,10 @@
 """SHAP over whole FHIR facts (Partition explainer, Owen values), on demand.
 
-The players are the facts kept in the model input, never word pieces: removing a fact removes all its
-tokens (dropped from the sequence, or with `removal="pad"` replaced by [PAD] under a zero attention
-mask). Shap's own text masker would split and re-join strings and could cut a fact in half; this masker
-works on the encoded input directly. The partition tree groups facts of one resource, then resources of
-one FHIR resource type, so coalitions follow the record's structure (resource type -> resource -> fact,
-a fact's tokens always moving together), and a limited budget still credits whole groups first.
+The players are the facts of the model input (one per position): removing a fact drops its position
+from the input (or, with `removal="pad"`, hides it under a zero attention mask). The partition tree
+groups facts of one resource, then resources of one FHIR resource type, so coalitions follow the
+record's structure (resource type -> resource -> fact), and a limited budget still credits whole groups
+first.
 
 Scores are Shapley (Owen) values of the target's calibrated probability, in probability units; they add
 up to F(all facts) - F(no fact). Cost: up to `max_evals` forward passes per target (batched); model
@@ -41,10 +40,10 @@ def partition_tree(inp: ExplainInput) -> np.ndarray:
     first (distance 1), then resources of a type (2), then types (3); each level balanced."""
     segments = inp.linearization.segments
     groups: dict[str, dict[str, list[int]]] = {}
-    for leaf, (_, _, index) in enumerate(inp.encoded.spans):
+    for leaf, index in enumerate(inp.position_segments):
         segment = segments[index]
         groups.setdefault(segment.resource_type, {}).setdefault(segment.reference, []).append(leaf)
-    n = len(inp.encoded.spans)
+    n = inp.length
     rows: list[list[float]] = []
     size = dict.fromkeys(range(n), 1)
 
@@ -77,43 +76,22 @@ class FactModel:
         self.batch_size = batch_size
         self.cache: dict[bytes, np.ndarray] = {}
         self.evaluations = 0
-        ids = inp.encoded.input_ids
-        self.pieces = [ids[start:end] for start, end, _ in inp.encoded.spans]
 
-    def _tensors(self, present: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.inp.engine.tokenizer
+    def _batch(self, present: np.ndarray):  # type: ignore[no-untyped-def]
+        engine = self.inp.engine
         if self.removal == "pad":
-            ids = torch.tensor([self.inp.encoded.input_ids] * len(present), dtype=torch.long)
-            mask = torch.ones_like(ids)
-            for row, keep in enumerate(present):
-                for (start, end, _), kept in zip(self.inp.encoded.spans, keep, strict=True):
-                    if not kept:
-                        ids[row, start:end] = tok.pad_id
-                        mask[row, start:end] = 0
-            return ids, mask
-        rows = []
-        for keep in present:
-            seq = [tok.cls_id]
-            for piece, kept in zip(self.pieces, keep, strict=True):
-                if kept:
-                    seq.extend(piece)
-            seq.append(tok.sep_id)
-            rows.append(seq)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids, mask
+            batch = engine.batch([self.inp.encoded] * len(present))
+            batch.mask = batch.mask & torch.from_numpy(np.asarray(present, dtype=bool))
+            return batch
+        return engine.batch([self.inp.encoded.select(keep) for keep in present])
 
     @torch.no_grad()
     def _evaluate(self, present: np.ndarray) -> np.ndarray:
         engine = self.inp.engine
         out = []
         for k in range(0, len(present), self.batch_size):
-            ids, mask = self._tensors(present[k : k + self.batch_size])
-            logits = engine.network(ids, mask).numpy()
+            batch = self._batch(present[k : k + self.batch_size])
+            logits = engine.network(**batch.embed_args(), mask=batch.mask).numpy()
             out.append(engine.probabilities(logits)[:, self.labels])
         self.evaluations += len(present)
         return np.concatenate(out).astype(np.float64)
@@ -182,7 +160,7 @@ def shap_facts(
 ) -> list[Explanation]:
     _check(settings)
     started = time.perf_counter()
-    n = len(inp.encoded.spans)
+    n = inp.length
     model = FactModel(inp, [t.label_index for t in targets], settings["removal"], settings["batch_size"])
     full = model(np.ones((1, n)))[0]
     empty = model(np.zeros((1, n)))[0]
@@ -198,7 +176,7 @@ def shap_facts(
     elapsed = time.perf_counter() - started
     out = []
     for j, target in enumerate(targets):
-        per_fact = {index: float(v) for (_, _, index), v in zip(inp.encoded.spans, values[j], strict=True)}
+        per_fact = {index: float(v) for index, v in zip(inp.position_segments, values[j], strict=True)}
         error = completeness_error(float(values[j].sum()), float(full[j]), float(empty[j]))
         out.append(
             evidence.build(
@@ -206,7 +184,6 @@ def shap_facts(
                 target,
                 method="shap",
                 settings={**settings, "evaluations_all_targets": model.evaluations, "facts": n},
-                token_scores=evidence.spread_over_tokens(inp, per_fact),
                 per_fact=per_fact,
                 label_specific=True,
                 score_unit=PROBABILITY,

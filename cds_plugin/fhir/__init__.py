@@ -4,10 +4,8 @@ from cds_plugin.fhir.bundle import next_page_url
 from cds_plugin.fhir.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, Limits
 from cds_plugin.fhir.linearize import (
     DEFAULT_MAX_FACTS,
-    DEFAULT_MAX_TOKENS,
     Linearization,
     Segment,
-    approx_tokens,
     linearize,
 )
 from cds_plugin.fhir.ndjson import read_ndjson
@@ -35,7 +33,6 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FACTS",
-    "DEFAULT_MAX_TOKENS",
     "Allergy",
     "CarePlan",
     "Coding",
@@ -52,7 +49,6 @@ __all__ = [
     "PatientRecord",
     "Procedure",
     "Segment",
-    "approx_tokens",
     "linearize",
     "next_page_url",
     "parse_reference",

@@ -1,19 +1,19 @@
-"""The record as model input: an ordered list of short text segments, one per fact, with provenance.
+"""The record as model input: one segment per fact, with provenance, most recent first.
 
-Segments are the unit a model tokenizes (segment by segment), so every token maps to exactly one
-segment and so to one resource: an attribution summed per segment sums exactly to FHIR resources
-(`Linearization.attribute`). Order: demographics, then conditions, medications, allergies,
-observations, procedures, immunizations, encounters, care plans. Within a type the most relevant come
-first (active before inactive; the latest occurrence of each distinct code before repeats; then most
-recent first), and each type has its own fact and token budget so one long history cannot crowd out the
-rest. The output depends only on the record and the arguments.
+A segment is one position of the model (one FHIR fact: a Condition, a medication request, one lab value,
+a procedure, ...) and one row of an explanation: its `text` is what a person reads, its `code`, `value`,
+`unit`, `value_code` and `status` are what the model encodes, and its `reference` names the resource,
+so an attribution per position is an attribution per FHIR resource (`Linearization.attribute`). Order:
+demographics (age, sex), then every fact most recent first (undated facts count as current), at most
+`max_facts` of them; `omitted` counts, per resource type, the older facts beyond the cap and the facts
+never used (entered-in-error, cancelled). The output depends only on the record and the arguments.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -41,34 +41,10 @@ from cds_plugin.fhir.values import (
     relative_time,
 )
 
-#: Facts per resource type kept at most.
-DEFAULT_MAX_FACTS: Mapping[str, int] = MappingProxyType(
-    {
-        "Condition": 40,
-        "MedicationRequest": 24,
-        "AllergyIntolerance": 10,
-        "Observation": 48,
-        "Procedure": 16,
-        "Immunization": 8,
-        "Encounter": 12,
-        "CarePlan": 6,
-    }
-)
-#: Approximate tokens per resource type kept at most (see `approx_tokens`).
-DEFAULT_MAX_TOKENS: Mapping[str, int] = MappingProxyType(
-    {
-        "Condition": 400,
-        "MedicationRequest": 300,
-        "AllergyIntolerance": 100,
-        "Observation": 600,
-        "Procedure": 160,
-        "Immunization": 80,
-        "Encounter": 160,
-        "CarePlan": 100,
-    }
-)
+#: Facts kept at most, most recent first (docs/model-card.md gives the record sizes behind it).
+DEFAULT_MAX_FACTS = 1024
 
-#: Record field and resource type, in model order: what is wrong and what is taken before what was measured.
+#: Record field and resource type, in the order facts of the same date are listed.
 LINEAR_ORDER: tuple[tuple[str, str], ...] = tuple(
     sorted(
         FACT_FIELDS,
@@ -85,7 +61,6 @@ LINEAR_ORDER: tuple[tuple[str, str], ...] = tuple(
     )
 )
 
-_WORDS = re.compile(r"\w+|[^\w\s]")
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"\s+")
 _MAX_DISPLAY = 100
@@ -118,17 +93,14 @@ _OBSERVATION_LABELS = {
 }
 
 
-def approx_tokens(text: str) -> int:
-    """Words and punctuation marks: a stand-in for a real tokenizer's count (pass `count_tokens`)."""
-    return len(_WORDS.findall(text))
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One fact as model text, with the provenance to map its tokens back to FHIR.
+    """One fact: one model position and one explanation row, with the provenance to name its resource.
 
     `display` is the human label of the fact (for cards and explanations); `code` the primary coding as
-    `system|code` when there is one.
+    `system|code` when there is one; `value` and `unit` a measured quantity (for the patient's age
+    segment, the age in years), `value_code` a coded value as `system|code` (for the sex segment, the
+    sex), `status` the resource's status.
     """
 
     text: str
@@ -138,14 +110,18 @@ class Segment:
     date: datetime | None
     display: str
     code: str | None = None
+    value: float | None = None
+    unit: str | None = None
+    value_code: str | None = None
+    status: str | None = None
 
 
 @dataclass(frozen=True)
 class Linearization:
     """Segments in model order; `text` joins them with `separator`.
 
-    `omitted` counts facts left out per resource type by the budgets (or because they are
-    entered-in-error or cancelled).
+    `omitted` counts facts left out per resource type: beyond the cap, or never used (entered-in-error,
+    cancelled).
     """
 
     segments: tuple[Segment, ...]
@@ -177,7 +153,7 @@ class Linearization:
         return None
 
     def attribute(self, scores: Sequence[float]) -> dict[str, float]:
-        """Sum per-segment scores (e.g. token attributions summed per segment) per FHIR reference."""
+        """Sum per-segment scores (e.g. position attributions) per FHIR reference."""
         if len(scores) != len(self.segments):
             raise ValueError("attribute: one score per segment expected")
         out: dict[str, float] = {}
@@ -191,81 +167,31 @@ class Linearization:
 
 
 def linearize(
-    record: PatientRecord,
-    *,
-    max_facts: Mapping[str, int] | None = None,
-    max_tokens: Mapping[str, int] | None = None,
-    count_tokens: Callable[[str], int] = approx_tokens,
-    separator: str = "\n",
+    record: PatientRecord, *, max_facts: int = DEFAULT_MAX_FACTS, separator: str = "\n"
 ) -> Linearization:
-    """The record as ordered, budgeted text segments with provenance (see the module docstring).
-
-    `max_facts` / `max_tokens` override the per-type defaults (keys: FHIR resource types); `count_tokens`
-    should be the model tokenizer's length function when there is one.
-    """
-    facts_budget = {**DEFAULT_MAX_FACTS, **(max_facts or {})}
-    tokens_budget = {**DEFAULT_MAX_TOKENS, **(max_tokens or {})}
+    """The record as segments with provenance, most recent first (see the module docstring)."""
     now = record.reference_time
     age = record.age
-    segments = _demographics(record)
+    dated: list[tuple[float, int, Fact]] = []
     omitted: dict[str, int] = {}
-    for name, rtype in LINEAR_ORDER:
-        facts = getattr(record, name)
-        if not facts:
-            continue
-        render = _RENDERERS[rtype][0]
-        limit_facts = facts_budget.get(rtype, 0)
-        limit_tokens = tokens_budget.get(rtype, 0)
-        used_tokens = 0
-        kept = 0
-        for fact in _ranked(facts, rtype):
-            if kept >= limit_facts:
-                break
-            segment = render(fact, now, age)
-            cost = count_tokens(segment.text)
-            if used_tokens + cost > limit_tokens:
-                break
-            segments.append(segment)
-            used_tokens += cost
-            kept += 1
-        if kept < len(facts):
-            omitted[rtype] = len(facts) - kept
+    for order, (name, rtype) in enumerate(LINEAR_ORDER):
+        tier_of = _RENDERERS[rtype][1]
+        for fact in getattr(record, name):
+            if tier_of(fact) is None:
+                omitted[rtype] = omitted.get(rtype, 0) + 1
+                continue
+            when = fact.date.timestamp() if fact.date is not None else float("inf")
+            dated.append((-when, order, fact))
+    dated.sort(key=lambda item: item[:2])
+    for _, _, fact in dated[max_facts:]:
+        omitted[fact.resource_type] = omitted.get(fact.resource_type, 0) + 1
+    segments = _demographics(record)
+    for _, _, fact in dated[:max_facts]:
+        segments.append(_RENDERERS[fact.resource_type][0](fact, now, age))
     return Linearization(tuple(segments), now, MappingProxyType(omitted), separator)
 
 
-# --- ranking -----------------------------------------------------------------------------------------
-
-
-def _ranked(facts: Iterable[Fact], rtype: str) -> list[Fact]:
-    """Facts in relevance order; rendering happens later, only for what fits the budget."""
-    tier_of = _RENDERERS[rtype][1]
-    scored = []
-    for fact in facts:
-        tier = tier_of(fact)
-        if tier is None:
-            continue
-        when = fact.date.timestamp() if fact.date is not None else float("-inf")
-        scored.append((tier, -when, fact.reference, fact.path, fact))
-    scored.sort(key=lambda item: item[:4])
-    # The latest occurrence of each distinct concept first, repeats after (order kept within each).
-    seen: set[object] = set()
-    novel, repeats = [], []
-    for item in scored:
-        key = _concept_key(item[4])
-        (repeats if key in seen else novel).append(item[4])
-        seen.add(key)
-    return novel + repeats
-
-
-def _concept_key(fact: Fact) -> object:
-    concept = getattr(fact, "code", None)
-    if concept is None:
-        concepts = getattr(fact, "types", None) or getattr(fact, "categories", None) or ()
-        concept = concepts[0] if concepts and isinstance(concepts[0], Concept) else None
-    if concept is None:
-        return (fact.resource_type, None)
-    primary = concept.primary
-    return (fact.resource_type, primary.token if primary is not None else concept.display)
+# --- which facts are used ------------------------------------------------------------------------------
 
 
 def _condition_tier(fact: Condition) -> int | None:
@@ -344,17 +270,51 @@ def _when(prefix: str, when: datetime | None, now: datetime) -> str:
 
 
 def _segment(fact: Fact, text: str, display: str, code: str | None) -> Segment:
-    return Segment(text, fact.reference, fact.resource_type, fact.path, fact.date, display, code)
+    status = getattr(fact, "clinical_status", None) or getattr(fact, "status", None)
+    if isinstance(fact, Observation):
+        value_code = None
+        if fact.value_concept is not None and fact.value_concept.primary is not None:
+            value_code = fact.value_concept.primary.token
+        elif fact.value_concept is not None and fact.value_concept.text:
+            value_code = "text|" + clean(fact.value_concept.text).lower()
+        return Segment(
+            text,
+            fact.reference,
+            fact.resource_type,
+            fact.path,
+            fact.date,
+            display,
+            code,
+            value=fact.value,
+            unit=fact.unit,
+            value_code=value_code,
+            status=status,
+        )
+    return Segment(
+        text, fact.reference, fact.resource_type, fact.path, fact.date, display, code, status=status
+    )
 
 
 def _demographics(record: PatientRecord) -> list[Segment]:
     patient = record.patient
     out = [
         Segment(
-            f"age {age_band(record.age)}", patient.reference, "Patient", "Patient.birthDate", None, "age"
+            f"age {age_band(record.age)}",
+            patient.reference,
+            "Patient",
+            "Patient.birthDate",
+            None,
+            "age",
+            value=record.age,
         ),
         Segment(
-            f"sex {patient.sex or 'unknown'}", patient.reference, "Patient", "Patient.gender", None, "sex"
+            f"sex {patient.sex or 'unknown'}",
+            patient.reference,
+            "Patient",
+            "Patient.gender",
+            None,
+            "sex",
+            value_code=patient.sex or "unknown",
         ),
     ]
     if patient.deceased:

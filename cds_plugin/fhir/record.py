@@ -98,6 +98,7 @@ class Patient(Fact):
     sex: str | None = None  # Patient.gender: male | female | other | unknown
     deceased: bool | None = False  # None: unknown at the as_of time
     deceased_at: datetime | None = None
+    race: str | None = None  # US Core race extension: its first OMB category (display), else its text
 
     def is_deceased_at(self, when: datetime) -> bool:
         """Dead at `when`: `deceasedDateTime` at or before it, or `deceasedBoolean` true (unknown: no)."""

@@ -120,7 +120,46 @@ def read_patient(resource: dict, ref: str) -> Patient:
         sex=gender,
         deceased=deceased,
         deceased_at=deceased_at,
+        race=us_core_race(get("extension")),
     )
+
+
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+_OMB_RACE = {
+    "1002-5": "American Indian or Alaska Native",
+    "2028-9": "Asian",
+    "2054-5": "Black or African American",
+    "2076-8": "Native Hawaiian or Other Pacific Islander",
+    "2106-3": "White",
+    "UNK": "Unknown",
+    "ASKU": "Asked but no answer",
+}
+
+
+def us_core_race(extensions: object) -> str | None:
+    """The patient's race as US Core states it: the first OMB category, else the text; None when absent.
+
+    Read for fairness reporting by subgroup (docs/model-card.md), never as a model input. A malformed
+    extension is ignored rather than failing the record.
+    """
+    if not isinstance(extensions, list):
+        return None
+    for ext in extensions:
+        if not isinstance(ext, dict) or ext.get("url") != US_CORE_RACE:
+            continue
+        parts = [p for p in ext.get("extension") or [] if isinstance(p, dict)]
+        for part in parts:
+            coding = part.get("valueCoding")
+            if part.get("url") == "ombCategory" and isinstance(coding, dict):
+                code = coding.get("code")
+                if isinstance(code, str) and code in _OMB_RACE:
+                    return _OMB_RACE[code]
+                if isinstance(coding.get("display"), str):
+                    return coding["display"]
+        for part in parts:
+            if part.get("url") == "text" and isinstance(part.get("valueString"), str):
+                return part["valueString"]
+    return None
 
 
 # --- Condition ---------------------------------------------------------------------------------------

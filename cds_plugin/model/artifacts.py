@@ -1,9 +1,10 @@
 """A trained model on disk: what `train` writes and `Engine.load` reads.
 
-model.safetensors   network weights (encoder + head)
-config.json         encoder config, label count, max input length, format version
-tokenizer.json      the tokenizer (tokenizers library format)
-labels.json         label space: kind, system, code, display, positive training examples
+model.safetensors   network weights (Hugging Face `save_pretrained`, safetensors)
+config.json         the network's `CdsFactsConfig` (Hugging Face)
+cds_plugin.json     format version, facts kept at most
+facts.json          fact vocabulary: codes, kinds, per-code value bins and units, displays
+labels.json         label space: the considerations (codes, plausibility) and positive training examples
 calibration.json    temperature (probabilities are sigmoid(logit / temperature))
 thresholds.json     per-label decision thresholds chosen on validation
 training.json       training configuration, data counts, timings, validation patients
@@ -18,17 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from cds_plugin.model.facts import FactVocabulary
+from cds_plugin.model.label_space import LabelSpace
+from cds_plugin.model.network import CdsFactsModel
 
-from cds_plugin.model.dataset import LabelSpace
-from cds_plugin.model.network import CdsNetwork
-from cds_plugin.model.tokenizer import FactTokenizer
-
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED_FILES = (
     "model.safetensors",
     "config.json",
-    "tokenizer.json",
+    "cds_plugin.json",
+    "facts.json",
     "labels.json",
     "calibration.json",
     "thresholds.json",
@@ -45,35 +45,23 @@ def _write_json(path: Path, data: Any) -> None:
 
 def save_model(
     out_dir: str | Path,
-    network: CdsNetwork,
-    tokenizer: FactTokenizer,
+    model: CdsFactsModel,
+    vocab: FactVocabulary,
     labels: LabelSpace,
     temperature: float,
     thresholds: list[float],
-    max_length: int,
+    max_facts: int,
     metadata: dict[str, Any],
-    fact_style: str = "codes",
     name: str = "cds-plugin",
 ) -> str:
     """Write every artifact; returns the model version."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
+    model.save_pretrained(out, safe_serialization=True)
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()[:12]
     version = f"{name}-{digest}"
-    _write_json(
-        out / "config.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "encoder": network.encoder.config.to_dict(),
-            "n_labels": len(labels),
-            "max_length": max_length,
-            "fact_style": fact_style,
-            "pooling": network.pooling,
-        },
-    )
-    tokenizer.save(out)
+    _write_json(out / "cds_plugin.json", {"format_version": FORMAT_VERSION, "max_facts": max_facts})
+    _write_json(out / "facts.json", vocab.to_json())
     _write_json(out / "labels.json", labels.to_json())
     _write_json(out / "calibration.json", {"method": "temperature", "temperature": temperature})
     _write_json(
@@ -100,14 +88,14 @@ def model_card_text(version: str, labels: LabelSpace, metadata: dict[str, Any], 
         "synthetic data unless stated otherwise below. **Not for clinical use.**",
         "",
         "## Training",
-        f"- patients: {metadata.get('patients')}; examples: {metadata.get('examples')}",
-        f"- base: {metadata.get('base') or 'BERT-style encoder trained from scratch'}",
-        f"- input: {config.get('max_length')} tokens, pooling {config.get('pooling')}, "
-        f"fact style {config.get('fact_style')}",
+        f"- patients: {_counts(metadata.get('patients'))}; situations (patient x reference time): "
+        f"{_counts(metadata.get('situations'))}",
+        f"- network: {_counts(config.get('network'))}",
+        f"- input: one position per FHIR fact, at most {config.get('max_facts')} (most recent first)",
         f"- labels: {len(labels)} ({kinds['diagnosis']} diagnoses, {kinds['treatment']} treatments), "
-        f"each with at least {labels.min_positive} positive training examples",
-        f"- best validation macro AUPRC: {fit.get('best_val_macro_auprc', float('nan')):.3f} "
-        f"at epoch {fit.get('best_epoch')}",
+        "curated in labels.toml",
+        f"- pretraining epochs: {config.get('pretrain_epochs')}; best validation selection score: "
+        f"{fit.get('best_val_score', float('nan')):.3f} at epoch {fit.get('best_epoch')}",
         f"- calibration: temperature {temperature:.3f}; thresholds: max F1 on validation",
         "",
         "Run `cds-plugin evaluate --model DIR --data DIR` for AUROC, AUPRC, recall@5 and calibration beside",
@@ -118,15 +106,20 @@ def model_card_text(version: str, labels: LabelSpace, metadata: dict[str, Any], 
     return "\n".join(lines)
 
 
+def _counts(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
 @dataclass
 class LoadedModel:
-    network: CdsNetwork
-    tokenizer: FactTokenizer
+    network: CdsFactsModel
+    vocab: FactVocabulary
     labels: LabelSpace
     temperature: float
     thresholds: list[float]
-    max_length: int
-    fact_style: str
+    max_facts: int
     version: str
     path: Path
 
@@ -136,26 +129,22 @@ def load_model(path: str | Path) -> LoadedModel:
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
     if missing:
         raise ModelLoadError(f"{folder}: not a cds-plugin model folder (missing {', '.join(missing)})")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"{folder}: model format {config.get('format_version')} is not {FORMAT_VERSION}")
+    meta = json.loads((folder / "cds_plugin.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{folder}: model format {meta.get('format_version')} is not {FORMAT_VERSION}")
     labels = LabelSpace.from_json(json.loads((folder / "labels.json").read_text()))
-    if len(labels) != config["n_labels"]:
+    try:
+        network = CdsFactsModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{folder}: weights do not load ({type(exc).__name__})") from None
+    if network.config.n_labels != len(labels):
         raise ModelLoadError(
-            f"{folder}: labels.json has {len(labels)} labels, config says {config['n_labels']}"
-        )
-    network = CdsNetwork.from_encoder_config(
-        config["encoder"], config["n_labels"], config.get("pooling", "mean")
-    )
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = network.load_state_dict(state, strict=False)
-    missing = [k for k in missing if ".pooler." not in k]  # a base's pooler is never used
-    unexpected = [k for k in unexpected if ".pooler." not in k]
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{folder}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{folder}: labels.json has {len(labels)} labels, the network {network.config.n_labels}"
         )
     network.eval()
+    vocab = FactVocabulary.from_json(json.loads((folder / "facts.json").read_text()))
+    if vocab.n_codes != network.config.n_codes:
+        raise ModelLoadError(f"{folder}: facts.json does not match the network's code table")
     thresholds = json.loads((folder / "thresholds.json").read_text())["thresholds"]
     if len(thresholds) != len(labels):
         raise ModelLoadError(f"{folder}: thresholds.json does not match the labels")
@@ -163,12 +152,11 @@ def load_model(path: str | Path) -> LoadedModel:
     version = version_file.read_text().strip() if version_file.exists() else folder.name
     return LoadedModel(
         network=network,
-        tokenizer=FactTokenizer.load(folder),
+        vocab=vocab,
         labels=labels,
         temperature=float(json.loads((folder / "calibration.json").read_text())["temperature"]),
         thresholds=[float(t) for t in thresholds],
-        max_length=int(config["max_length"]),
-        fact_style=config.get("fact_style", "text"),
+        max_facts=int(meta["max_facts"]),
         version=version,
         path=folder,
     )

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cds_plugin.fhir.linearize import Linearization
     from cds_plugin.fhir.record import PatientRecord
-    from cds_plugin.model.tokenizer import EncodedInput
+    from cds_plugin.model.facts import EncodedFacts
 
 
 @dataclass(frozen=True)
 class Consideration:
     """One diagnosis or treatment the model rates for this patient."""
 
-    code: str
+    code: str  # preferred code (SNOMED CT concept, RxNorm ingredient)
     system: str
     display: str
     kind: str  # "diagnosis" | "treatment"
@@ -24,6 +24,8 @@ class Consideration:
     threshold: float
     documented: bool  # already in the record (active diagnosis, or requested within the past year)
     label_index: int
+    codes: tuple[str, ...] = ()  # every member code that means this consideration
+    plausible: bool = True  # the patient's sex and age are within the consideration's range
 
     @property
     def above_threshold(self) -> bool:
@@ -31,8 +33,8 @@ class Consideration:
 
     @property
     def suggested(self) -> bool:
-        """Likely and not yet in the record: what a card may propose."""
-        return self.above_threshold and not self.documented
+        """Likely, plausible for this patient and not yet in the record: what a card may propose."""
+        return self.above_threshold and self.plausible and not self.documented
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,9 +42,11 @@ class Consideration:
             "system": self.system,
             "display": self.display,
             "kind": self.kind,
+            "codes": list(self.codes),
             "probability": round(self.probability, 4),
             "threshold": round(self.threshold, 4),
             "documented": self.documented,
+            "plausible": self.plausible,
         }
 
 
@@ -57,15 +61,20 @@ class Assessment:
     # kept for explanations of this same input (not part of the public answer)
     record: PatientRecord | None = field(default=None, repr=False)
     linearization: Linearization | None = field(default=None, repr=False)
-    encoded: EncodedInput | None = field(default=None, repr=False)
+    encoded: EncodedFacts | None = field(default=None, repr=False)
 
     @property
     def considerations(self) -> list[Consideration]:
         return sorted(self.diagnoses + self.treatments, key=lambda c: -c.probability)
 
     def find(self, code: str) -> Consideration | None:
+        """The consideration with this preferred code, `kind:code`, member code or display."""
         for c in self.diagnoses + self.treatments:
-            if c.code == code or f"{c.kind}:{c.code}" == code:
+            if (
+                code in (c.code, f"{c.kind}:{c.code}")
+                or code in c.codes
+                or code.casefold() == c.display.casefold()
+            ):
                 return c
         return None
 

@@ -1,7 +1,10 @@
-"""From a folder of FHIR patients to encoded examples: corpus reading, patient split, label space.
+"""From a folder of FHIR patients to model inputs: corpus reading, patient split, situations, masking.
 
-Patients are split by a hash of their reference, never by example, so training and validation
-patients never mix and the split is the same on every machine.
+Patients are split by a hash of their reference, never by example, so training and validation patients
+never mix and the split is the same on every machine. Each situation (a patient at a reference time) is
+linearized and encoded once; a mask is then drawn per epoch and applied by dropping the positions of the
+masked considerations' resources (`Prepared.masked`), which is what encoding the masked record would give
+(reasons and care-plan links, which `remove_concepts` also strips, are not model positions).
 """
 
 from __future__ import annotations
@@ -10,19 +13,20 @@ import hashlib
 import logging
 import random
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
-from cds_plugin.errors import CdsPluginError
-from cds_plugin.fhir.linearize import Linearization, Segment, linearize
+from cds_plugin.errors import CdsPluginError, FhirInputError
+from cds_plugin.fhir.linearize import DEFAULT_MAX_FACTS, Linearization, linearize
+from cds_plugin.fhir.ndjson import read_ndjson
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
-from cds_plugin.model.concepts import DIAGNOSIS, ConceptKey
+from cds_plugin.model.facts import EncodedFacts, FactVocabulary
+from cds_plugin.model.label_space import LabelSpace
 from cds_plugin.model.task import (
     EXCLUDED,
     KNOWN,
@@ -30,10 +34,13 @@ from cds_plugin.model.task import (
     POSITIVE_NEW,
     POSITIVE_UNDOCUMENTED,
     Example,
-    make_example,
+    Situation,
+    concept_references,
+    draw_mask,
     reference_times,
+    remove_concepts,
+    situation_at,
 )
-from cds_plugin.model.tokenizer import EncodedInput, FactTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +55,115 @@ STATE_CODE = {
 }
 
 
+_BUNDLE_SUFFIXES = (".json", ".json.gz")
+_NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz")
+_PATIENT_FILE = re.compile(r"Patient(?:[._-].*)?")
+
+
 def bundle_files(data_dir: str | Path) -> list[Path]:
-    """Every per-patient bundle under a folder (`.json`, `.json.gz`), sorted for reproducibility."""
+    """Every per-patient bundle under a folder (`.json`, `.json.gz`), sorted for reproducibility.
+
+    NDJSON files are not bundles: `ndjson_exports` lists those (`load_corpus` reads both)."""
     root = Path(data_dir)
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.name.endswith((".json", ".json.gz")) and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.name.endswith(_BUNDLE_SUFFIXES) and p.is_file())
     return [p for p in files if "support" not in p.relative_to(root).parts]
 
 
+def ndjson_exports(data_dir: str | Path) -> list[tuple[Path, list[Path]]]:
+    """The Bulk Data exports under a folder: each folder holding `.ndjson` / `.ndjson.gz` files is one
+    export (its own files, in name order, read together; its subfolders are exports of their own), sorted
+    by folder. `data_dir` may also be one NDJSON file."""
+    root = Path(data_dir)
+    if root.is_file():
+        return [(root.parent, [root])] if root.name.endswith(_NDJSON_SUFFIXES) else []
+    found: dict[Path, list[Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.name.endswith(_NDJSON_SUFFIXES) and p.is_file()):
+        if "support" not in path.relative_to(root).parts:
+            found.setdefault(path.parent, []).append(path)
+    return sorted(found.items())
+
+
 def load_corpus(data_dir: str | Path, limit: int | None = None, progress: bool = True) -> list[PatientRecord]:
-    """Read every patient; a file that cannot be read is skipped with a warning naming the file only."""
-    files = bundle_files(data_dir)
+    """Every patient under `data_dir`, per-patient bundles and Bulk Data NDJSON (see
+    `load_corpus_with_files`); a file that cannot be read is skipped with a warning naming the file only."""
+    return load_corpus_with_files(data_dir, limit, progress)[0]
+
+
+def load_corpus_with_files(
+    data_dir: str | Path, limit: int | None = None, progress: bool = True
+) -> tuple[list[PatientRecord], list[Path]]:
+    """`load_corpus` and the file each record came from.
+
+    First the per-patient bundles (`.json`, `.json.gz`; `bundle_files`, in path order), then the patients
+    of each Bulk Data export (`ndjson_exports`, folder by folder, each sorted by patient reference); the
+    same input always gives the same records in the same order. An NDJSON patient's file is its export's
+    first Patient file (e.g. `export/Patient.ndjson`), so it lies in the export's folder. An NDJSON
+    patient already read (same reference, from a bundle or an earlier export) is left out, with a
+    warning. A bundle or an export that cannot be read is skipped with a warning. `limit` caps the
+    patients, bundles first.
+    Raises FhirInputError when `data_dir` holds neither bundles nor NDJSON files.
+    """
+    root = Path(data_dir)
+    bundles = bundle_files(root)
+    exports = ndjson_exports(root)
+    if not bundles and not exports:
+        if not root.exists():
+            raise FhirInputError(f"{root}: no such file or folder", expression=str(root))
+        raise FhirInputError(
+            f"{root}: no FHIR bundles (.json, .json.gz) nor Bulk Data NDJSON files (.ndjson, .ndjson.gz)",
+            expression=str(root),
+        )
     if limit is not None:
-        files = files[:limit]
-    records = []
-    for path in tqdm(files, desc="reading FHIR", disable=not progress, unit="patient"):
+        bundles = bundles[:limit]
+    records: list[PatientRecord] = []
+    read: list[Path] = []
+    for path in tqdm(bundles, desc="reading FHIR", disable=not progress, unit="patient"):
         try:
             records.append(read_record(path))
+            read.append(path)
         except CdsPluginError as exc:
             log.warning("skipping %s: %s", path.name, type(exc).__name__)
-    return records
+    from_bundles = len(records)
+    seen = {r.reference for r in records}
+    duplicates = 0
+    for folder, files in exports:
+        if limit is not None and len(records) >= limit:
+            break
+        name = folder.name if folder == root or root.is_file() else str(folder.relative_to(root))
+        try:
+            found = read_ndjson(files)
+            patients = sorted(
+                tqdm(found, desc=f"reading NDJSON {name}", disable=not progress, unit="patient"),
+                key=lambda r: r.reference,
+            )
+        except CdsPluginError as exc:
+            where = f" at {exc.expression}" if exc.expression else ""
+            log.warning("skipping the NDJSON export in %s: %s%s", name, type(exc).__name__, where)
+            continue
+        source = next((f for f in files if _PATIENT_FILE.fullmatch(f.name)), files[0])
+        for record in patients:
+            if limit is not None and len(records) >= limit:
+                break
+            if record.reference in seen:
+                duplicates += 1
+                continue
+            seen.add(record.reference)
+            records.append(record)
+            read.append(source)
+    if duplicates:
+        log.warning("%d NDJSON patient(s) had already been read: the first copy of each is kept", duplicates)
+    if exports:
+        log.info(
+            "%d patients: %d from %d bundle file(s), %d from %d NDJSON export folder(s)",
+            len(records),
+            from_bundles,
+            len(bundles),
+            len(records) - from_bundles,
+            len(exports),
+        )
+    return records, read
 
 
 def is_validation(patient_reference: str, fraction: float, salt: str = "cds-plugin-split-v1") -> bool:
@@ -84,182 +179,59 @@ def split_patients(
     return train, val
 
 
-def build_examples(
-    records: Iterable[PatientRecord],
-    per_patient: int,
-    mask_rate: float,
-    seed: int,
-    progress: bool = False,
-) -> list[Example]:
-    """Several reference times per patient, each with its own random masking (seeded per patient)."""
-    examples = []
-    for record in tqdm(list(records), desc="building examples", disable=not progress, unit="patient"):
-        rng = random.Random(f"{seed}:{record.reference}")
-        for t in reference_times(record, per_patient, rng):
-            examples.append(make_example(record, t, rng, mask_rate))
-    return examples
-
-
-@dataclass
-class LabelSpace:
-    """The labels the model predicts: concepts with enough positive training examples."""
-
-    labels: list[ConceptKey]
-    positives: dict[str, int] = field(default_factory=dict)  # concept id -> positive training examples
-    min_positive: int = 10
-
-    def __post_init__(self) -> None:
-        self.index = {k.id: i for i, k in enumerate(self.labels)}
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @classmethod
-    def from_examples(cls, examples: Sequence[Example], min_positive: int) -> LabelSpace:
-        counts: Counter[str] = Counter()
-        keys: dict[str, ConceptKey] = {}
-        displays: dict[str, Counter[str]] = {}
-        for ex in examples:
-            for cid, state in ex.states.items():
-                if state in (POSITIVE_UNDOCUMENTED, POSITIVE_NEW):
-                    counts[cid] += 1
-                    keys[cid] = ex.concepts[cid]
-                    displays.setdefault(cid, Counter())[ex.concepts[cid].display] += 1
-        chosen = sorted(
-            (cid for cid, n in counts.items() if n >= min_positive),
-            key=lambda cid: (keys[cid].kind != DIAGNOSIS, -counts[cid], cid),
-        )
-        labels = []
-        for cid in chosen:
-            key = keys[cid]
-            display = displays[cid].most_common(1)[0][0]
-            labels.append(ConceptKey(key.kind, key.system, key.code, display))
-        return cls(labels=labels, positives={cid: counts[cid] for cid in chosen}, min_positive=min_positive)
-
-    def kind_indices(self, kind: str) -> list[int]:
-        return [i for i, k in enumerate(self.labels) if k.kind == kind]
-
-    def to_json(self) -> dict:
-        return {
-            "min_positive": self.min_positive,
-            "labels": [
-                {
-                    "id": k.id,
-                    "kind": k.kind,
-                    "system": k.system,
-                    "code": k.code,
-                    "display": k.display,
-                    "positives": self.positives.get(k.id, 0),
-                }
-                for k in self.labels
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> LabelSpace:
-        labels = [ConceptKey(d["kind"], d["system"], d["code"], d["display"]) for d in data["labels"]]
-        return cls(
-            labels=labels,
-            positives={d["id"]: d.get("positives", 0) for d in data["labels"]},
-            min_positive=data.get("min_positive", 0),
-        )
-
-
-@dataclass
-class EncodedExample:
-    """Model input of one example with per-label target codes (IGNORE / NEG / POS_UNDOC / POS_NEW)."""
-
-    encoded: EncodedInput
-    targets: torch.Tensor  # int8, shape (n_labels,)
-    example: Example | None = None
-    linearization: Linearization | None = None
-
-
-#: Short prefixes of code systems for code tokens (`sct73211009`, `loinc4548_4`, `rx316049`).
-CODE_PREFIX = {
-    "http://snomed.info/sct": "sct",
-    "http://loinc.org": "loinc",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "rx",
-    "http://hl7.org/fhir/sid/cvx": "cvx",
-}
-#: Share of the model input each resource type may fill before the others had their turn.
-TYPE_SHARES = {
-    "Patient": 0.02,
-    "Condition": 0.22,
-    "MedicationRequest": 0.15,
-    "AllergyIntolerance": 0.04,
-    "Observation": 0.27,
-    "Procedure": 0.10,
-    "Immunization": 0.04,
-    "Encounter": 0.10,
-    "CarePlan": 0.06,
-}
-FACT_STYLES = ("codes", "text")
-
-
-def model_text(segment: Segment, style: str = "codes") -> str:
-    """The text the model reads for one fact.
-
-    "codes": the concept's display is replaced by one code token (e.g. "lab: loinc4548_4 6.19 % high;
-    5y ago"): half the tokens of the words, so about twice the facts fit in the input; the display
-    stays in the segment for people. "text": the segment's words as they are (for `--base` checkpoints
-    whose vocabulary knows words, not our codes).
-    """
-    if style == "text" or not segment.code or not segment.display or segment.display not in segment.text:
-        return segment.text
-    system, _, code = segment.code.rpartition("|")
-    token = CODE_PREFIX.get(system, "code") + re.sub(r"[^A-Za-z0-9]", "_", code)
-    return segment.text.replace(segment.display, token, 1)
-
-
-def fact_texts(linearization: Linearization, style: str = "codes") -> list[str]:
-    return [model_text(segment, style) for segment in linearization.segments]
-
-
-def type_budgets(max_length: int) -> dict[str, int]:
-    return {kind: int(share * (max_length - 2)) for kind, share in TYPE_SHARES.items()}
-
-
-def encode_linearization(
-    lin: Linearization, tokenizer: FactTokenizer, max_length: int, style: str = "codes"
-) -> EncodedInput:
-    kinds = [segment.resource_type for segment in lin.segments]
-    return tokenizer.encode_facts(fact_texts(lin, style), max_length, kinds, type_budgets(max_length))
-
-
-def encode_record(
-    record: PatientRecord, tokenizer: FactTokenizer, max_length: int, style: str = "codes"
-) -> tuple[EncodedInput, Linearization]:
-    lin = linearize(record)
-    return encode_linearization(lin, tokenizer, max_length, style), lin
-
-
-def encode_examples(
-    examples: Sequence[Example],
-    labels: LabelSpace,
-    tokenizer: FactTokenizer,
-    max_length: int,
-    keep_examples: bool = False,
-    progress: bool = False,
-    linearizations: Sequence[Linearization] | None = None,
-    style: str = "codes",
-) -> list[EncodedExample]:
-    """Encode examples; pass `linearizations` (one per example) when they were already computed."""
+def build_situations(
+    records: Iterable[PatientRecord], per_patient: int, seed: int, labels: LabelSpace, progress: bool = False
+) -> list[Situation]:
+    """Several reference times per patient (chosen with a generator seeded per patient)."""
     out = []
-    for n, ex in enumerate(tqdm(examples, desc="encoding", disable=not progress, unit="example")):
-        lin = linearizations[n] if linearizations is not None else linearize(ex.record)
-        encoded = encode_linearization(lin, tokenizer, max_length, style)
-        targets = torch.full((len(labels),), NEG, dtype=torch.int8)
-        for cid, state in ex.states.items():
-            i = labels.index.get(cid)
-            if i is not None:
-                targets[i] = STATE_CODE[state]
-        out.append(
-            EncodedExample(
-                encoded=encoded,
-                targets=targets,
-                example=ex if keep_examples else None,
-                linearization=lin if keep_examples else None,
-            )
-        )
+    for record in tqdm(list(records), desc="situations", disable=not progress, unit="patient"):
+        rng = random.Random(f"{seed}:{record.reference}")
+        out.extend(situation_at(record, t, labels) for t in reference_times(record, per_patient, rng))
     return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A situation as model input, before masking (each position carries its consideration, if any)."""
+
+    situation: Situation
+    linearization: Linearization
+    encoded: EncodedFacts
+
+    def masked(self, hidden: frozenset[int]) -> EncodedFacts:
+        """The input with the hidden considerations' resources removed."""
+        if not hidden:
+            return self.encoded
+        return self.encoded.select(~np.isin(self.encoded.concepts - 1, list(hidden)))
+
+    def targets(self, hidden: frozenset[int], n_labels: int) -> np.ndarray:
+        """Per-label target codes (IGNORE / NEG / POS_UNDOC / POS_NEW) with `hidden` masked."""
+        out = np.full(n_labels, NEG, dtype=np.int8)
+        for i, state in self.situation.states(hidden).items():
+            out[i] = STATE_CODE[state]
+        return out
+
+
+def prepare(
+    situation: Situation, vocab: FactVocabulary, labels: LabelSpace, max_facts: int = DEFAULT_MAX_FACTS
+) -> Prepared:
+    lin = linearize(situation.record, max_facts=max_facts)
+    refs = concept_references(situation.record, labels)
+    return Prepared(situation, lin, vocab.encode(lin, refs))
+
+
+def fixed_masks(situations: Sequence[Situation], seed: int, mask_rate: float) -> list[frozenset[int]]:
+    """One reproducible mask per situation (evaluation and model selection)."""
+    return [
+        draw_mask(s, random.Random(f"{seed}:{s.patient}:{s.reference_time.isoformat()}"), mask_rate)
+        for s in situations
+    ]
+
+
+def examples_of(
+    situations: Sequence[Situation], masks: Sequence[frozenset[int]], labels: LabelSpace
+) -> list[Example]:
+    """Examples (masked records) for readers of records, such as the logistic-regression baseline."""
+    return [
+        Example(s, m, remove_concepts(s.record, labels, m)) for s, m in zip(situations, masks, strict=True)
+    ]

@@ -1,8 +1,11 @@
-"""The Engine: load a trained model once, then assess patients (and explain, see cds_plugin.explain).
+"""The Engine: load a trained model once, then assess patients.
 
     from cds_plugin import Engine
     engine = Engine.load()                 # the default model shipped in the package
     assessment = engine.assess(bundle)     # any FHIR input cds_plugin.fhir reads, or a PatientRecord
+
+This is the model's half; `cds_plugin.Engine` is its subclass in cds_plugin/explain/engine.py, which adds
+`explain` (explanations depend on the model, never the other way round).
 
 Works without Flask; thread-safe for concurrent `assess` calls (inference only, no shared mutable state).
 """
@@ -12,21 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from cds_plugin.fhir.as_of import as_of as cut_record
+from cds_plugin.fhir.linearize import Linearization, linearize
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.artifacts import LoadedModel, ModelLoadError, load_model
 from cds_plugin.model.assessment import Assessment, Consideration
+from cds_plugin.model.batch import collate
 from cds_plugin.model.concepts import DIAGNOSIS
-from cds_plugin.model.dataset import encode_record
-from cds_plugin.model.task import documented_concepts
-
-if TYPE_CHECKING:
-    from cds_plugin.explain.explanation import Explanation
+from cds_plugin.model.facts import EncodedFacts
+from cds_plugin.model.task import concept_references, documented_concepts
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 
@@ -36,12 +39,12 @@ def default_model_path() -> Path:
 
 
 class Engine:
-    """A loaded model with the operations the services need: assess, assess_many, explain."""
+    """A loaded model with its predictions: assess, assess_many (explain: cds_plugin.explain.engine)."""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.network = model.network
-        self.tokenizer = model.tokenizer
+        self.vocab = model.vocab
         self.labels = model.labels
         self.version = model.version
 
@@ -60,18 +63,24 @@ class Engine:
     def record_of(self, source: Any, as_of: datetime | date | None = None) -> PatientRecord:
         """A PatientRecord from any accepted FHIR input, cut at `as_of` when given."""
         if isinstance(source, PatientRecord):
-            return source.as_of(as_of) if as_of is not None else source
+            return cut_record(source, as_of) if as_of is not None else source
         return read_record(source, as_of=as_of)
 
-    def encode(self, record: PatientRecord):  # type: ignore[no-untyped-def]
-        return encode_record(record, self.tokenizer, self.model.max_length, self.model.fact_style)
+    def encode(self, record: PatientRecord) -> tuple[EncodedFacts, Linearization]:
+        """The model input of a record: its facts (most recent first, capped) and their encoding."""
+        lin = linearize(record, max_facts=self.model.max_facts)
+        return self.vocab.encode(lin, concept_references(record, self.labels)), lin
 
     # --- predictions --------------------------------------------------------------------------------
 
+    def batch(self, encoded: Sequence[EncodedFacts]):  # type: ignore[no-untyped-def]
+        """Padded tensors of encoded inputs (see cds_plugin.model.batch)."""
+        return collate(list(encoded), self.network.config.n_codes, bool(self.network.config.display_dim))
+
     @torch.no_grad()
-    def logits(self, encoded: Sequence) -> np.ndarray:  # type: ignore[type-arg]
-        ids, mask = self.tokenizer.batch(list(encoded))
-        return self.network(ids, mask).numpy()
+    def logits(self, encoded: Sequence[EncodedFacts]) -> np.ndarray:
+        batch = self.batch(encoded)
+        return self.network(**batch.embed_args(), mask=batch.mask).numpy()
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits / self.model.temperature))
@@ -94,37 +103,26 @@ class Engine:
                 out.append(self._assessment(record, lin, encoded, p))
         return out
 
-    def explain(
-        self,
-        source: Any,
-        target: Any,
-        method: str = "integrated_gradients",
-        as_of: datetime | date | None = None,
-        **settings: Any,
-    ) -> Explanation | list[Explanation]:
-        """Explain a Consideration or code (or a list: they share work) for `source`; see cds_plugin.explain.
-
-        Returns an Explanation, or a list of them (same order) when `target` is a list.
-        """
-        from cds_plugin.explain import explain
-
-        return explain(self, source, target, method=method, as_of=as_of, **settings)
-
-    def _assessment(self, record: PatientRecord, lin, encoded, probs: np.ndarray) -> Assessment:  # type: ignore[no-untyped-def]
-        documented = documented_concepts(record)
+    def _assessment(
+        self, record: PatientRecord, lin: Linearization, encoded: EncodedFacts, probs: np.ndarray
+    ) -> Assessment:
+        documented = documented_concepts(record, self.labels)
+        sex, age = record.patient.sex, record.age
         diagnoses, treatments = [], []
-        for i, key in enumerate(self.labels.labels):
+        for i, label in enumerate(self.labels):
             c = Consideration(
-                code=key.code,
-                system=key.system,
-                display=key.display,
-                kind=key.kind,
+                code=label.code,
+                system=label.system,
+                display=label.display,
+                kind=label.kind,
                 probability=float(probs[i]),
                 threshold=self.model.thresholds[i],
-                documented=key.id in documented,
+                documented=i in documented,
                 label_index=i,
+                codes=label.codes,
+                plausible=label.plausible(sex, age),
             )
-            (diagnoses if key.kind == DIAGNOSIS else treatments).append(c)
+            (diagnoses if label.kind == DIAGNOSIS else treatments).append(c)
         diagnoses.sort(key=lambda c: -c.probability)
         treatments.sort(key=lambda c: -c.probability)
         reference_time = record.reference_time if record.reference_time else datetime.now(UTC)

@@ -4,8 +4,11 @@ Questions: (a) "undocumented" (masked concepts active at T vs concepts absent th
 (b) "new" (concepts first occurring within the year after T vs absent ones). Groups: diagnoses and
 treatments. Figures: per-label and macro AUROC and AUPRC (macro over labels with at least one
 positive and one negative example), recall@5 and expected calibration error. Baselines, computed in the
-same run on the same examples: label prevalence, and logistic regression on bag-of-codes, last lab values
-and age/sex at T. Subgroups: sex, and age bands 0-17, 18-44, 45-64, 65+.
+same run on the same examples: label prevalence, and logistic regression on the bag of every code of the
+(masked) record with the label space's grouping, the last value of the most frequent labs and age/sex at
+T. Subgroups: sex, age bands 0-17, 18-44, 45-64, 65+, race (US Core extension; reported, never a model
+input) and the source folder (the Synthea generation). `subgroup_gaps` gives, per dimension, the
+largest difference between its groups, for the model and for logistic regression.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, diagnosis_key, treatment_key
-from cds_plugin.model.dataset import IGNORE, NEG, POS_NEW, POS_UNDOC, LabelSpace
+from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT
+from cds_plugin.model.dataset import IGNORE, NEG, POS_NEW, POS_UNDOC
+from cds_plugin.model.label_space import LabelSpace
 from cds_plugin.model.task import Example
 
 log = logging.getLogger(__name__)
@@ -109,8 +113,8 @@ def summarize(scores: np.ndarray, targets: np.ndarray, labels: LabelSpace) -> di
     return result
 
 
-def macro_auprc_of_logits(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Model selection score: mean over questions and groups of macro AUPRC (ranking only)."""
+def selection_score(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Model selection score: mean over labels of both questions of AUPRC (ranking only)."""
     values = []
     for question in QUESTIONS:
         rows = per_label(logits, question_targets(targets, question))
@@ -118,15 +122,22 @@ def macro_auprc_of_logits(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
-def subgroups(examples: Sequence[Example]) -> dict[str, np.ndarray]:
-    """Boolean masks over examples: sex and age bands at T."""
+def subgroups(examples: Sequence[Example], sources: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks over examples: sex, age bands at T, and source folder when `sources` names them."""
     groups: dict[str, np.ndarray] = {}
+    if sources:
+        origin = np.array([sources.get(e.patient, "") for e in examples])
+        for value in sorted(set(sources.values())):
+            groups[f"source={value}"] = origin == value
     sex = np.array([e.sex or "unknown" for e in examples])
     for value in ("female", "male"):
         groups[f"sex={value}"] = sex == value
     ages = np.array([e.age if e.age is not None else -1 for e in examples], dtype=float)
     for lo, hi, name in AGE_BANDS:
         groups[f"age={name}"] = (ages >= lo) & (ages < hi)
+    race = np.array([e.race or "not stated" for e in examples])
+    for value in sorted(set(race.tolist())):
+        groups[f"race={value}"] = race == value
     return groups
 
 
@@ -140,28 +151,42 @@ def prevalence_scores(train_targets: np.ndarray, n_examples: int) -> np.ndarray:
     return np.tile(rate.astype(np.float32), (n_examples, 1))
 
 
-def baseline_features(example: Example, lab_codes: set[str] | None = None) -> dict[str, float]:
-    """Bag of codes, last numeric value per lab code, age and sex at T (from the model's own input)."""
+def baseline_features(
+    example: Example, labels: LabelSpace, lab_codes: set[str] | None = None
+) -> dict[str, float]:
+    """Bag of every code of the (masked) input record, its considerations (member codes grouped), the
+    last numeric value per lab code, and age and sex at T."""
     record = example.record
     features: dict[str, float] = {}
     for c in record.conditions:
-        key = diagnosis_key(c)
-        if key is not None:
-            features[f"dx:{key.code}"] = 1.0
+        i = labels.of_condition(c)
+        if i is not None:
+            features[f"concept:{i}"] = 1.0
     for m in record.medication_requests:
-        key = treatment_key(m)
-        if key is not None:
-            features[f"rx:{key.code}"] = 1.0
-    for group, facts in (("px", record.procedures), ("im", record.immunizations), ("al", record.allergies)):
+        i = labels.of_request(m)
+        if i is not None:
+            features[f"concept:{i}"] = 1.0
+    for group, facts in (
+        ("dx", record.conditions),
+        ("rx", record.medication_requests),
+        ("px", record.procedures),
+        ("im", record.immunizations),
+        ("al", record.allergies),
+        ("en", [t for e in record.encounters for t in e.types[:1]]),
+        ("cp", [a for p in record.care_plans for a in (*p.categories, *p.activities)]),
+    ):
         for f in facts:
-            if f.code is not None and f.code.primary is not None:
-                features[f"{group}:{f.code.primary.code}"] = 1.0
+            concept = getattr(f, "code", f)
+            if concept is not None and getattr(concept, "primary", None) is not None:
+                features[f"{group}:{concept.primary.code}"] = 1.0
     last: dict[str, tuple[Any, float]] = {}
     for o in record.observations:
-        if o.value is None or o.code is None or o.code.primary is None:
+        if o.code is None or o.code.primary is None:
             continue
         code = o.code.primary.code
-        if lab_codes is not None and code not in lab_codes:
+        if o.value_concept is not None and o.value_concept.primary is not None:
+            features[f"obs:{code}={o.value_concept.primary.code}"] = 1.0
+        if o.value is None or (lab_codes is not None and code not in lab_codes):
             continue
         when = o.date
         if code not in last or (when is not None and (last[code][0] is None or when >= last[code][0])):
@@ -184,9 +209,12 @@ class LogisticBaseline:
     models: list[Any]
     lab_codes: set[str]
     scale: np.ndarray
+    labels: LabelSpace
 
     @classmethod
-    def fit(cls, examples: Sequence[Example], targets: np.ndarray, top_labs: int = 60) -> LogisticBaseline:
+    def fit(
+        cls, examples: Sequence[Example], targets: np.ndarray, labels: LabelSpace, top_labs: int = 60
+    ) -> LogisticBaseline:
         lab_counts: Counter[str] = Counter()
         for e in examples:
             lab_counts.update(
@@ -198,7 +226,7 @@ class LogisticBaseline:
             )
         lab_codes = {c for c, _ in lab_counts.most_common(top_labs)}
         vectorizer = DictVectorizer(sparse=True)
-        x = vectorizer.fit_transform([baseline_features(e, lab_codes) for e in examples])
+        x = vectorizer.fit_transform([baseline_features(e, labels, lab_codes) for e in examples])
         scale = np.asarray(np.abs(x).max(axis=0).todense()).ravel()
         scale[scale == 0] = 1.0
         x = x.multiply(1.0 / scale).tocsr()
@@ -212,10 +240,10 @@ class LogisticBaseline:
             model = LogisticRegression(C=1.0, max_iter=500, solver="liblinear")
             model.fit(x[keep], y)
             models.append(model)
-        return cls(vectorizer=vectorizer, models=models, lab_codes=lab_codes, scale=scale)
+        return cls(vectorizer=vectorizer, models=models, lab_codes=lab_codes, scale=scale, labels=labels)
 
     def predict(self, examples: Sequence[Example]) -> np.ndarray:
-        x = self.vectorizer.transform([baseline_features(e, self.lab_codes) for e in examples])
+        x = self.vectorizer.transform([baseline_features(e, self.labels, self.lab_codes) for e in examples])
         x = x.multiply(1.0 / self.scale).tocsr()
         out = np.zeros((len(examples), len(self.models)), dtype=np.float32)
         for j, model in enumerate(self.models):
@@ -228,12 +256,13 @@ def compare(
     targets: np.ndarray,
     examples: Sequence[Example],
     labels: LabelSpace,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every scorer on the same examples, overall and by subgroup."""
     report: dict[str, Any] = {"overall": {}, "subgroups": {}}
     for name, s in scores.items():
         report["overall"][name] = summarize(s, targets, labels)
-    for group, mask in subgroups(examples).items():
+    for group, mask in subgroups(examples, sources).items():
         if mask.sum() == 0:
             continue
         report["subgroups"][group] = {"examples": int(mask.sum())}
@@ -243,7 +272,55 @@ def compare(
     return report
 
 
+def subgroup_gaps(
+    report: dict[str, Any], min_examples: int = 30, key: str = "macro_auprc"
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Largest between-group difference of `key` per dimension (sex, age, race), question x group and
+    scorer, over groups with at least `min_examples` examples (smaller groups are too noisy to rank)."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for dimension in ("sex", "age", "race"):
+        groups = [
+            values
+            for name, values in report["subgroups"].items()
+            if name.startswith(f"{dimension}=") and values["examples"] >= min_examples
+        ]
+        rows: dict[str, dict[str, float | None]] = {}
+        for question in (f"{q}/{g}" for q in QUESTIONS for g in GROUPS):
+            rows[question] = {}
+            for scorer in report["overall"]:
+                found = [g[scorer][question][key] for g in groups if g[scorer][question][key] is not None]
+                rows[question][scorer] = float(max(found) - min(found)) if len(found) > 1 else None
+        out[dimension] = rows
+    return out
+
+
 # --- the evaluate command ----------------------------------------------------------------------------
+
+
+def evaluation_data(
+    records: Sequence[Any], labels: LabelSpace, per_patient: int, seed: int, mask_rate: float
+) -> tuple[list[Any], list[frozenset[int]], list[Example], np.ndarray]:
+    """Situations, one fixed mask each, the masked examples and their target codes."""
+    from cds_plugin.model.dataset import STATE_CODE, build_situations, examples_of, fixed_masks
+
+    situations = build_situations(records, per_patient, seed, labels)
+    masks = fixed_masks(situations, seed, mask_rate)
+    examples = examples_of(situations, masks, labels)
+    targets = np.full((len(examples), len(labels)), NEG, dtype=np.int8)
+    for row, example in enumerate(examples):
+        for i, state in example.states.items():
+            targets[row, i] = STATE_CODE[state]
+    return situations, masks, examples, targets
+
+
+def source_folders(data_dir: str | Path, records: Sequence[Any], files: Sequence[Path]) -> dict[str, str]:
+    """Patient reference -> first folder under `data_dir` its file lies in (e.g. the Synthea generation)."""
+    root = Path(data_dir)
+    out = {}
+    for record, path in zip(records, files, strict=True):
+        parts = path.relative_to(root).parts if root.is_dir() else ()
+        out[record.reference] = parts[0] if len(parts) > 1 else ""
+    return out
 
 
 def evaluate_model(
@@ -256,21 +333,17 @@ def evaluate_model(
 
     `split="validation"`: the model's validation patients found under `data_dir` (the baselines learn
     from the other patients there). `split="all"`: every patient under `data_dir` is evaluated (a
-    held-out set) and the baselines learn from the model's training patients, which must then also be
-    under `data_dir`'s sibling `train` folder or given as `data_dir` itself.
+    held-out set); the baselines are then skipped (they would need the training patients).
     """
-    from cds_plugin.model.dataset import build_examples, encode_examples, load_corpus
+    from cds_plugin.model.dataset import load_corpus_with_files
     from cds_plugin.model.engine import Engine
-    from cds_plugin.model.training import TrainConfig, predict_logits, targets_matrix
+    from cds_plugin.model.training import TrainConfig, predict_logits
 
     engine = Engine.load(model_dir)
     meta = json.loads((Path(model_dir) / "training.json").read_text())
-    config = meta.get("config", {})
-    defaults = TrainConfig()
-    per_patient = config.get("per_patient", defaults.per_patient)
-    mask_rate = config.get("mask_rate", defaults.mask_rate)
-    seed = config.get("seed", defaults.seed)
-    records = load_corpus(data_dir, progress=progress)
+    config = TrainConfig.from_json(meta.get("config", {}))
+    records, files = load_corpus_with_files(data_dir, progress=progress)
+    sources = source_folders(data_dir, records, files)
     validation = set(meta.get("validation_patients") or [])
     if split == "validation":
         eval_records = [r for r in records if r.reference in validation]
@@ -280,37 +353,35 @@ def evaluate_model(
     else:
         eval_records = records
         base_records = []
-    eval_examples = build_examples(eval_records, per_patient, mask_rate, seed + 100)
-    style = engine.model.fact_style
-    data = encode_examples(
-        eval_examples, engine.labels, engine.tokenizer, engine.model.max_length, style=style
+    labels = engine.labels
+    _, _, eval_examples, targets = evaluation_data(
+        eval_records, labels, config.per_patient, config.seed + 100, config.mask_rate
     )
-    targets = targets_matrix(data)
     started = time.perf_counter()
-    probs = engine.probabilities(predict_logits(engine.network, data, engine.tokenizer))
+    inputs = [engine.encode(e.record)[0] for e in eval_examples]
+    probs = engine.probabilities(predict_logits(engine.network, inputs))
     model_seconds = time.perf_counter() - started
     scores = {"model": probs}
     notes = []
     if base_records:
-        base_examples = build_examples(base_records, per_patient, mask_rate, seed)
-        base_data = encode_examples(
-            base_examples, engine.labels, engine.tokenizer, engine.model.max_length, style=style
+        _, _, base_examples, base_targets = evaluation_data(
+            base_records, labels, config.per_patient, config.seed, config.mask_rate
         )
-        base_targets = targets_matrix(base_data)
         scores["prevalence"] = prevalence_scores(base_targets, len(eval_examples))
-        scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets).predict(
+        scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets, labels).predict(
             eval_examples
         )
     else:
         notes.append("baselines skipped: no training patients under the data folder")
-    report = compare(scores, targets, eval_examples, engine.labels)
+    report = compare(scores, targets, eval_examples, labels, sources)
+    report["gaps"] = subgroup_gaps(report)
     report["meta"] = {
         "model_version": engine.version,
         "split": split,
         "patients": len(eval_records),
         "examples": len(eval_examples),
         "baseline_training_patients": len(base_records),
-        "labels": len(engine.labels),
+        "labels": len(labels),
         "model_inference_s": round(model_seconds, 3),
         "notes": notes,
     }
@@ -336,4 +407,18 @@ def render_table(report: dict[str, Any]) -> str:
                 f"{key:<24}{name:<22}{fmt(row['macro_auroc']):>11}{fmt(row['macro_auprc']):>11}"
                 f"{fmt(row['recall_at_5']):>10}{fmt(row['ece']):>8}"
             )
+    return "\n".join(lines)
+
+
+def render_gaps(report: dict[str, Any]) -> str:
+    """Largest macro-AUPRC gap between subgroups per dimension, model beside the baselines."""
+    gaps = report.get("gaps") or subgroup_gaps(report)
+    scorers = list(report["overall"])
+    lines = [f"{'largest AUPRC gap':<34}" + "".join(f"{s:>22}" for s in scorers)]
+    for dimension, rows in gaps.items():
+        for question, values in rows.items():
+            cells = "".join(
+                f"{'-' if values.get(s) is None else format(values[s], '.3f'):>22}" for s in scorers
+            )
+            lines.append(f"{dimension + ' ' + question:<34}{cells}")
     return "\n".join(lines)

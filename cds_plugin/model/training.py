@@ -1,8 +1,7 @@
-"""Training: tokenizer from the corpus, masked-fact pretraining, fine-tuning, calibration, thresholds.
+"""Training: fact vocabulary, masked-fact pretraining, fine-tuning with fresh masks, calibration, thresholds.
 
-`train()` is seeded and reproducible on one machine (one torch thread per process is set by the CLI
-when asked for; results can differ across CPU types in the last digits). It writes a model folder that
-`Engine.load(path)` reads; see `artifacts.py` for its files.
+`train()` is seeded and reproducible on one machine (results can differ across CPU types in the last
+digits). It writes a model folder that `Engine.load(path)` reads; see `artifacts.py` for its files.
 """
 
 from __future__ import annotations
@@ -21,22 +20,36 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cds_plugin.fhir.linearize import linearize
 from cds_plugin.model.artifacts import save_model
+from cds_plugin.model.batch import collate
 from cds_plugin.model.dataset import (
     IGNORE,
-    EncodedExample,
-    LabelSpace,
-    build_examples,
-    encode_examples,
-    fact_texts,
-    load_corpus,
+    Prepared,
+    build_situations,
+    fixed_masks,
+    load_corpus_with_files,
+    prepare,
     split_patients,
 )
-from cds_plugin.model.network import CdsNetwork, MaskedFactModel, NetworkConfig
-from cds_plugin.model.tokenizer import SPECIAL_TOKENS, FactTokenizer  # specials are our first ids
+from cds_plugin.model.facts import MASK, UNK, EncodedFacts, FactVocabulary
+from cds_plugin.model.label_space import LabelSpace
+from cds_plugin.model.network import CdsFactsConfig, CdsFactsModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class NetworkShape:
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    dropout: float = 0.1
+    attention: bool = True  # self-attention layers (off: the fact embeddings are pooled directly)
+    pooled: bool = True  # the path over pooled fact states (off: the bag path alone)
+    bag: bool = True  # the linear bag-of-facts path (a regression on code presence, fit_linear)
+    displays: bool = True  # MiniLM display embeddings added to code embeddings
+    concepts: bool = True  # an embedding of the consideration a fact states (the label file's grouping)
 
 
 @dataclass
@@ -45,21 +58,23 @@ class TrainConfig:
 
     seed: int = 13
     val_fraction: float = 0.2
-    per_patient: int = 4  # reference times per patient
-    mask_rate: float = 0.5  # share of concepts active at T hidden from the input
-    min_positive: int = 10  # positive training examples a concept needs to become a label
-    max_length: int = 256
-    pooling: str = "max"
-    fact_style: str = "codes"  # how facts are shown to the model (see dataset.model_text)
-    vocab_size: int = 6000
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    pretrain_epochs: int = 0  # masked-fact pretraining measured not to help at this budget (model card)
+    per_patient: int = 4  # reference times per patient (fine-tuning and evaluation)
+    mask_rate: float = 0.5  # share of documented considerations hidden from the input, drawn per epoch
+    max_facts: int = 1024
+    min_count: int = 2  # training patients a code needs for its own embedding
+    n_bins: int = 10  # value quantile bins per code
+    labels_file: str | None = None  # default: the package's labels.toml
+    network: NetworkShape = field(default_factory=NetworkShape)
+    code_dropout: float = 0.1  # share of known codes shown as [UNK] (with their display) in training
+    pretrain_epochs: int = 0
+    pretrain_per_patient: int = 8
     pretrain_fact_rate: float = 0.15
-    finetune_epochs: int = 8
-    batch_size: int = 16
+    finetune_epochs: int = 20
+    batch_size: int = 32
     lr: float = 1e-3
-    base_lr: float = 5e-5  # learning rate of a pretrained `--base` encoder
     weight_decay: float = 0.01
+    linear_c: float = 1.0  # inverse L2 strength of the bag path's logistic regression (fit_linear)
+    linear_masks: int = 1  # masks drawn per training situation for that regression
     warmup_fraction: float = 0.1
     limit_patients: int | None = None
 
@@ -67,17 +82,21 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("network"), dict):
+            known["network"] = NetworkShape(**known["network"])
+        return cls(**known)
+
+    @classmethod
     def tiny(cls, **overrides: Any) -> TrainConfig:
         """A configuration that trains in seconds (tests and CI)."""
         config = cls(
             per_patient=2,
-            min_positive=1,
-            max_length=128,
-            vocab_size=500,
-            network=NetworkConfig(
-                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-            ),
+            max_facts=256,
+            network=NetworkShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
             pretrain_epochs=1,
+            pretrain_per_patient=2,
             finetune_epochs=2,
             batch_size=8,
         )
@@ -92,17 +111,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batches(
-    items: Sequence[EncodedExample], batch_size: int, rng: random.Random | None
-) -> list[list[EncodedExample]]:
-    """Length-bucketed batches (little padding); batch order shuffled when `rng` is given."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].encoded))
-    groups = [[items[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-    if rng is not None:
-        rng.shuffle(groups)
-    return groups
-
-
 def _schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
@@ -112,67 +120,13 @@ def _schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def mask_facts(
-    ids: torch.Tensor,
-    spans: Sequence[tuple[int, int, int]],
-    rate: float,
-    tokenizer: FactTokenizer,
-    rng: random.Random,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked-fact modelling: hide whole facts (80 % [MASK], 10 % random tokens, 10 % kept)."""
-    inputs = ids.clone()
-    labels = torch.full_like(ids, -100)
-    chosen = [s for s in spans if rng.random() < rate] or ([rng.choice(spans)] if spans else [])
-    for start, end, _ in chosen:
-        labels[start:end] = ids[start:end]
-        roll = rng.random()
-        if roll < 0.8:
-            inputs[start:end] = tokenizer.mask_id
-        elif roll < 0.9:
-            inputs[start:end] = torch.randint(len(SPECIAL_TOKENS), tokenizer.vocab_size, (end - start,))
-    return inputs, labels
-
-
-def pretrain(
-    network: CdsNetwork,
-    data: Sequence[EncodedExample],
-    tokenizer: FactTokenizer,
-    config: TrainConfig,
-    progress: bool,
-) -> list[float]:
-    """Masked-fact pretraining of the encoder; returns the mean loss per epoch."""
-    model = MaskedFactModel(network.encoder)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rng = random.Random(config.seed + 1)
-    steps = config.pretrain_epochs * math.ceil(len(data) / config.batch_size)
-    scheduler = _schedule(optimizer, steps, int(steps * config.warmup_fraction))
-    loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
-    losses = []
-    model.train()
-    for epoch in range(config.pretrain_epochs):
-        total, n = 0.0, 0
-        for group in tqdm(
-            batches(data, config.batch_size, rng), desc=f"pretrain {epoch + 1}", disable=not progress
-        ):
-            ids, mask = tokenizer.batch([g.encoded for g in group])
-            inputs = ids.clone()
-            labels = torch.full_like(ids, -100)
-            for row, g in enumerate(group):
-                inputs[row], labels[row] = mask_facts(
-                    ids[row], g.encoded.spans, config.pretrain_fact_rate, tokenizer, rng
-                )
-            positions = labels != -100
-            loss = loss_fn(model(inputs, mask, positions), labels[positions])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item()
-            n += 1
-        losses.append(total / max(n, 1))
-        log.info("pretrain epoch %d: loss %.4f", epoch + 1, losses[-1])
-    return losses
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """Indices grouped by similar length (little padding); group order shuffled when `rng` is given."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random() if rng else 0))
+    groups = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(groups)
+    return groups
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -186,89 +140,206 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(
-    network: CdsNetwork, data: Sequence[EncodedExample], tokenizer: FactTokenizer, batch_size: int = 32
-) -> np.ndarray:
-    """Logits for every example, in the order given."""
-    network.eval()
-    out = np.zeros((len(data), network.head.out_features), dtype=np.float32)
-    order = sorted(range(len(data)), key=lambda i: len(data[i].encoded))
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        ids, mask = tokenizer.batch([data[i].encoded for i in idx])
-        out[idx] = network(ids, mask).numpy()
+def predict_logits(model: CdsFactsModel, inputs: Sequence[EncodedFacts], batch_size: int = 32) -> np.ndarray:
+    """Logits for every input, in the order given."""
+    model.eval()
+    out = np.zeros((len(inputs), model.config.n_labels), dtype=np.float32)
+    displays = bool(model.config.display_dim)
+    for idx in length_batches([len(e) for e in inputs], batch_size, None):
+        batch = collate([inputs[i] for i in idx], model.config.n_codes, displays)
+        out[idx] = model(**batch.embed_args(), mask=batch.mask).numpy()
     return out
 
 
-def targets_matrix(data: Sequence[EncodedExample]) -> np.ndarray:
-    return np.stack([d.targets.numpy() for d in data]).astype(np.int8)
+def _drop_codes(batch_codes: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor | None:
+    if rate <= 0:
+        return None
+    known = batch_codes > MASK
+    return known & (torch.rand(batch_codes.shape, generator=generator) < rate)
 
 
-def finetune(
-    network: CdsNetwork,
-    train_data: Sequence[EncodedExample],
-    val_data: Sequence[EncodedExample],
-    tokenizer: FactTokenizer,
-    config: TrainConfig,
-    pretrained_base: bool,
-    progress: bool,
-    score: Callable[[np.ndarray, np.ndarray], float],
-) -> dict[str, Any]:
-    """Fine-tune on the task; keeps the epoch with the best validation score (macro AUPRC)."""
-    head_params = list(network.head.parameters())
-    encoder_params = [p for n, p in network.named_parameters() if not n.startswith("head.")]
-    encoder_lr = config.base_lr if pretrained_base else config.lr
-    optimizer = torch.optim.AdamW(
-        [{"params": encoder_params, "lr": encoder_lr}, {"params": head_params, "lr": config.lr}],
-        weight_decay=config.weight_decay,
-    )
-    rng = random.Random(config.seed + 2)
-    steps = config.finetune_epochs * math.ceil(len(train_data) / config.batch_size)
+def pretrain(
+    model: CdsFactsModel, inputs: Sequence[EncodedFacts], config: TrainConfig, progress: bool
+) -> list[float]:
+    """Masked-fact pretraining: hide a share of facts' codes, predict them from the rest of the record."""
+    if not model.layers:
+        return []
+    decoder = nn.Linear(model.config.hidden_size, model.config.n_codes)
+    params = list(model.parameters()) + list(decoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    steps = config.pretrain_epochs * math.ceil(len(inputs) / config.batch_size)
     scheduler = _schedule(optimizer, steps, int(steps * config.warmup_fraction))
-    val_targets = targets_matrix(val_data)
-    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
-    history = []
-    for epoch in range(config.finetune_epochs):
-        network.train()
+    displays = bool(model.config.display_dim)
+    losses = []
+    model.train()
+    for epoch in range(config.pretrain_epochs):
         total, n = 0.0, 0
-        for group in tqdm(
-            batches(train_data, config.batch_size, rng), desc=f"fine-tune {epoch + 1}", disable=not progress
+        for idx in tqdm(
+            length_batches([len(e) for e in inputs], config.batch_size, rng),
+            desc=f"pretrain {epoch + 1}",
+            disable=not progress,
         ):
-            ids, mask = tokenizer.batch([g.encoded for g in group])
-            targets = torch.stack([g.targets for g in group]).long()
-            loss = masked_bce(network(ids, mask), targets)
+            batch = collate([inputs[i] for i in idx], model.config.n_codes, displays)
+            chosen = batch.mask & (batch.codes > UNK)
+            chosen &= torch.rand(batch.codes.shape, generator=generator) < config.pretrain_fact_rate
+            if not chosen.any():
+                continue
+            args = batch.embed_args()
+            args["codes"] = batch.codes.masked_fill(chosen, MASK)
+            if batch.display_index is not None:
+                args["display_index"] = batch.display_index.masked_fill(chosen, MASK)
+            args["concepts"] = batch.concepts.masked_fill(chosen, 0)
+            states, _ = model.encode(model.embed(**args), batch.mask)
+            loss = nn.functional.cross_entropy(decoder(states[chosen]), batch.codes[chosen])
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             total += loss.item()
             n += 1
-        logits = predict_logits(network, val_data, tokenizer)
-        val_score = score(logits, val_targets)
-        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_macro_auprc": val_score})
+        losses.append(total / max(n, 1))
+        log.info("pretrain epoch %d: loss %.4f", epoch + 1, losses[-1])
+    return losses
+
+
+def finetune(
+    model: CdsFactsModel,
+    train_data: Sequence[Prepared],
+    val_inputs: Sequence[EncodedFacts],
+    val_targets: np.ndarray,
+    config: TrainConfig,
+    progress: bool,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> dict[str, Any]:
+    """Fine-tune on the task with a fresh mask per example and epoch; keeps the best validation epoch."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed + 2)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    steps = config.finetune_epochs * math.ceil(len(train_data) / config.batch_size)
+    scheduler = _schedule(optimizer, steps, int(steps * config.warmup_fraction))
+    n_labels = model.config.n_labels
+    displays = bool(model.config.display_dim)
+    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
+    history = []
+    if model.code_weights is not None:  # epoch 0: the fitted logistic regression alone
+        best["score"] = score(predict_logits(model, val_inputs), val_targets)
+        history.append({"epoch": 0, "train_loss": None, "val_score": best["score"]})
+        log.info("fine-tune epoch 0 (linear path alone): validation score %.4f", best["score"])
+    if model.head is None:  # the bag path alone: nothing left to train
+        return {"history": history, "best_epoch": 0, "best_val_score": best["score"]}
+    for epoch in range(config.finetune_epochs):
+        model.train()
+        masks = [
+            frozenset(i for i in sorted(p.situation.documented) if rng.random() < config.mask_rate)
+            for p in train_data
+        ]
+        inputs = [p.masked(m) for p, m in zip(train_data, masks, strict=True)]
+        targets = np.stack([p.targets(m, n_labels) for p, m in zip(train_data, masks, strict=True)])
+        total, n = 0.0, 0
+        for idx in tqdm(
+            length_batches([len(e) for e in inputs], config.batch_size, rng),
+            desc=f"fine-tune {epoch + 1}",
+            disable=not progress,
+        ):
+            batch = collate([inputs[i] for i in idx], model.config.n_codes, displays)
+            drop = _drop_codes(batch.codes, config.code_dropout if displays else 0.0, generator)
+            logits = model(**batch.embed_args(), mask=batch.mask, drop_codes=drop)
+            loss = masked_bce(logits, torch.from_numpy(targets[idx]).long())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item()
+            n += 1
+        val_score = score(predict_logits(model, val_inputs), val_targets)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_score": val_score})
         log.info(
-            "fine-tune epoch %d: loss %.4f, validation macro AUPRC %.4f",
-            epoch + 1,
-            total / max(n, 1),
-            val_score,
+            "fine-tune epoch %d: loss %.4f, validation score %.4f", epoch + 1, total / max(n, 1), val_score
         )
         if val_score > best["score"]:
             best = {
                 "score": val_score,
                 "epoch": epoch + 1,
-                "state": {k: v.detach().clone() for k, v in network.state_dict().items()},
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
             }
     if best["state"] is not None:
-        network.load_state_dict(best["state"])
-    return {"history": history, "best_epoch": best["epoch"], "best_val_macro_auprc": best["score"]}
+        model.load_state_dict(best["state"])
+    return {"history": history, "best_epoch": best["epoch"], "best_val_score": best["score"]}
+
+
+def code_presence(model: CdsFactsModel, inputs: Sequence[EncodedFacts]) -> np.ndarray:
+    """(inputs, n_codes): what the bag path multiplies the code weights with (`bag_weights` summed per
+    code: 1 for each code present, each distinct unseen code adding 1 to [UNK])."""
+    out = np.zeros((len(inputs), model.config.n_codes), dtype=np.float64)
+    displays = bool(model.config.display_dim)
+    for idx in length_batches([len(e) for e in inputs], 256, None):
+        batch = collate([inputs[i] for i in idx], model.config.n_codes, displays)
+        rows = torch.zeros(len(idx), model.config.n_codes, dtype=torch.float64)
+        rows.scatter_add_(1, batch.codes, batch.bag().weights.to(torch.float64))
+        out[idx] = rows.numpy()
+    return out
+
+
+def fit_linear(model: CdsFactsModel, train_data: Sequence[Prepared], config: TrainConfig) -> dict[str, Any]:
+    """Fit the bag path's code weights and label biases as one L2-regularized logistic regression per
+    label on code presence (liblinear, to convergence), then freeze them.
+
+    Trained by gradient alongside the attention path, these tables overfit rare codes and stay below a
+    plain logistic regression on the same inputs; fitted convexly they are that regression, and the
+    gradient-trained parts learn only what it misses.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    assert model.code_weights is not None
+    started = time.perf_counter()
+    n_labels = model.config.n_labels
+    rng = random.Random(config.seed + 3)
+    inputs, rows = [], []
+    for _ in range(config.linear_masks):
+        for p in train_data:
+            hidden = frozenset(i for i in sorted(p.situation.documented) if rng.random() < config.mask_rate)
+            inputs.append(p.masked(hidden))
+            rows.append(p.targets(hidden, n_labels))
+    x = code_presence(model, inputs)
+    targets = np.stack(rows)
+    weights = np.zeros((model.config.n_codes, n_labels), dtype=np.float32)
+    bias = np.zeros(n_labels, dtype=np.float32)
+    for j in range(n_labels):
+        keep = targets[:, j] != IGNORE
+        y = (targets[keep, j] > 0).astype(int)
+        if not len(y) or y.min() == y.max():
+            rate = float(np.clip(y.mean() if len(y) else 0.0, 1e-4, 1 - 1e-4))
+            bias[j] = math.log(rate / (1 - rate))
+            continue
+        regression = LogisticRegression(C=config.linear_c, max_iter=1000, solver="liblinear")
+        regression.fit(x[keep], y)
+        weights[:, j] = regression.coef_[0]
+        bias[j] = regression.intercept_[0]
+    with torch.no_grad():
+        model.code_weights.weight.copy_(torch.from_numpy(weights))
+        model.label_bias.copy_(torch.from_numpy(bias))
+    model.code_weights.weight.requires_grad_(False)
+    model.label_bias.requires_grad_(False)
+    return {"examples": len(inputs), "seconds": time.perf_counter() - started}
+
+
+#: The lowest temperature calibration chooses (see fit_temperature).
+MIN_TEMPERATURE = 0.25
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """Temperature scaling on validation: one T for all labels, minimizing the masked NLL.
 
-    A grid over log T in [0.05, 20] (then refined around the best point): deterministic and never
-    diverges, unlike gradient fits on small validation sets.
+    A grid over log T in [MIN_TEMPERATURE, 20] (then refined around the best point): deterministic
+    and never diverges, unlike gradient fits on small validation sets. The floor: on a validation set
+    the model separates perfectly the NLL falls without end as T -> 0, and a temperature far below 1
+    would then say more about the set's size than about the model (it also makes the probability a
+    step function of the input, which no attribution integrates well).
     """
     keep = targets != IGNORE
     if not keep.any():
@@ -280,10 +351,10 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         s = z / t
         return float(np.mean(np.logaddexp(0.0, s) - y * s))
 
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    grid = np.exp(np.linspace(np.log(MIN_TEMPERATURE), np.log(20.0), 121))
     best = min(grid, key=nll)
     fine = np.exp(np.linspace(np.log(best) - 0.06, np.log(best) + 0.06, 41))
-    return float(min(fine, key=nll))
+    return float(max(min(fine, key=nll), MIN_TEMPERATURE))
 
 
 def choose_thresholds(
@@ -318,102 +389,178 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def train(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    config: TrainConfig | None = None,
-    base: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train a model on a folder of per-patient FHIR bundles and write it to `out_dir`."""
-    from cds_plugin.model.evaluation import macro_auprc_of_logits
+def build_model(vocab: FactVocabulary, labels: LabelSpace, shape: NetworkShape) -> CdsFactsModel:
+    from cds_plugin.model.display_vectors import DIM, embed
 
-    config = config or TrainConfig()
+    config = CdsFactsConfig(
+        n_codes=vocab.n_codes,
+        n_kinds=vocab.n_kinds,
+        n_values=vocab.n_values,
+        n_labels=len(labels),
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        num_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+        dropout=shape.dropout,
+        attention=shape.attention,
+        pooled=shape.pooled,
+        bag=shape.bag,
+        display_dim=DIM if shape.displays else 0,
+        n_concepts=len(labels) + 1 if shape.concepts else 0,
+    )
+    model = CdsFactsModel(config)
+    if shape.displays:
+        texts = [vocab.displays.get(code, "") for code in vocab.codes]
+        table = embed(texts)
+        table[: MASK + 1] = 0.0  # padding, unknown and mask have no words
+        model.display_table.copy_(torch.from_numpy(table))
+    return model
+
+
+@dataclass
+class Corpus:
+    """Everything training reads, prepared once (an ablation fits several networks on one Corpus)."""
+
+    labels: LabelSpace
+    vocab: FactVocabulary
+    train_records: list[Any]
+    val_records: list[Any]
+    train_data: list[Prepared]
+    val_data: list[Prepared]
+    val_masks: list[frozenset[int]]
+    val_inputs: list[EncodedFacts]
+    val_targets: np.ndarray
+    prepare_s: float
+    sources: dict[str, str]  # patient reference -> first folder under the data folder (Synthea generation)
+
+
+def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = True) -> Corpus:
+    """Read, split, build situations, fit the fact vocabulary and encode (no network yet)."""
+    from cds_plugin.fhir.linearize import linearize
+
     started = time.perf_counter()
-    seed_everything(config.seed)
-    records = load_corpus(data_dir, limit=config.limit_patients, progress=progress)
+    labels = LabelSpace.from_file(config.labels_file)
+    from cds_plugin.model.evaluation import source_folders
+
+    records, files = load_corpus_with_files(data_dir, limit=config.limit_patients, progress=progress)
     if len(records) < 2:
         raise ValueError(f"need at least 2 readable patients under {data_dir}, found {len(records)}")
     train_records, val_records = split_patients(records, config.val_fraction)
     if not val_records:  # tiny corpora: keep the split by patient all the same
         val_records, train_records = train_records[-1:], train_records[:-1]
-    train_examples = build_examples(train_records, config.per_patient, config.mask_rate, config.seed)
-    val_examples = build_examples(val_records, config.per_patient, config.mask_rate, config.seed + 100)
-    if not train_examples or not val_examples:
+    train_situations = build_situations(train_records, config.per_patient, config.seed, labels)
+    val_situations = build_situations(val_records, config.per_patient, config.seed + 100, labels)
+    if not train_situations or not val_situations:
         raise ValueError("no reference time with a year of follow-up was found; more data is needed")
-    labels = LabelSpace.from_examples(train_examples, config.min_positive)
-    if not len(labels):
-        raise ValueError(f"no concept has {config.min_positive} positive training examples")
+    train_lins = [(s.patient, linearize(s.record, max_facts=config.max_facts)) for s in train_situations]
+    vocab = FactVocabulary.fit(train_lins, min_count=config.min_count, n_bins=config.n_bins)
+    train_data = [prepare(s, vocab, labels, config.max_facts) for s in train_situations]
+    val_data = [prepare(s, vocab, labels, config.max_facts) for s in val_situations]
+    val_masks = fixed_masks(val_situations, config.seed + 100, config.mask_rate)
+    val_inputs = [p.masked(m) for p, m in zip(val_data, val_masks, strict=True)]
+    val_targets = np.stack([p.targets(m, len(labels)) for p, m in zip(val_data, val_masks, strict=True)])
+    labels.positives.update(
+        {
+            label.id: sum(1 for s in train_situations if i in s.documented or i in s.new)
+            for i, label in enumerate(labels)
+        }
+    )
     log.info(
-        "%d patients (%d train, %d validation), %d + %d examples, %d labels",
+        "%d patients (%d train, %d validation), %d + %d situations, %d labels, %d codes",
         len(records),
         len(train_records),
         len(val_records),
-        len(train_examples),
-        len(val_examples),
+        len(train_situations),
+        len(val_situations),
         len(labels),
+        vocab.n_codes,
     )
-    train_lins = [linearize(ex.record) for ex in train_examples]
-    style = "text" if base is not None else config.fact_style
-    if base is not None:
-        tokenizer = FactTokenizer.from_pretrained(base)
-    else:
-        texts = (t for lin in train_lins for t in fact_texts(lin, style))
-        tokenizer = FactTokenizer.train(texts, vocab_size=config.vocab_size)
-    train_data = encode_examples(
-        train_examples,
+    return Corpus(
         labels,
-        tokenizer,
-        config.max_length,
-        progress=progress,
-        linearizations=train_lins,
-        style=style,
+        vocab,
+        train_records,
+        val_records,
+        train_data,
+        val_data,
+        val_masks,
+        val_inputs,
+        val_targets,
+        time.perf_counter() - started,
+        source_folders(data_dir, records, files),
     )
-    val_data = encode_examples(val_examples, labels, tokenizer, config.max_length, style=style)
-    timings = {"prepare_s": time.perf_counter() - started}
 
-    if base is not None:
-        network = CdsNetwork.from_base(base, len(labels), pooling=config.pooling)
-        pretrain_losses: list[float] = []
-    else:
-        net_config = NetworkConfig(
-            **{
-                **asdict(config.network),
-                "vocab_size": tokenizer.vocab_size,
-                "max_position_embeddings": config.max_length,
-            }
-        )
-        network = CdsNetwork.from_scratch(net_config, len(labels), pooling=config.pooling)
+
+def fit(corpus: Corpus, config: TrainConfig, progress: bool = True) -> tuple[CdsFactsModel, dict[str, Any]]:
+    """Pretrain (when configured) and fine-tune a network on a prepared corpus."""
+    from cds_plugin.fhir.linearize import linearize
+    from cds_plugin.model.evaluation import selection_score
+
+    seed_everything(config.seed)
+    timings: dict[str, float] = {}
+    model = build_model(corpus.vocab, corpus.labels, config.network)
+    pretrain_losses: list[float] = []
+    if config.pretrain_epochs and model.layers:
         t0 = time.perf_counter()
-        pretrain_losses = (
-            pretrain(network, train_data, tokenizer, config, progress) if config.pretrain_epochs else []
+        situations = build_situations(
+            corpus.train_records, config.pretrain_per_patient, config.seed + 7, corpus.labels
         )
+        inputs = [corpus.vocab.encode(linearize(s.record, max_facts=config.max_facts)) for s in situations]
+        pretrain_losses = pretrain(model, inputs, config, progress)
         timings["pretrain_s"] = time.perf_counter() - t0
+    linear: dict[str, Any] = {}
+    if model.code_weights is not None:
+        linear = fit_linear(model, corpus.train_data, config)
+        timings["linear_s"] = linear["seconds"]
     t0 = time.perf_counter()
-    fit = finetune(
-        network, train_data, val_data, tokenizer, config, base is not None, progress, macro_auprc_of_logits
+    result = finetune(
+        model, corpus.train_data, corpus.val_inputs, corpus.val_targets, config, progress, selection_score
     )
     timings["finetune_s"] = time.perf_counter() - t0
+    return model, {
+        "pretrain_losses": pretrain_losses,
+        "linear": linear,
+        "finetune": dict(result),
+        "timings": timings,
+    }
 
-    val_logits = predict_logits(network, val_data, tokenizer)
-    val_targets = targets_matrix(val_data)
-    temperature = fit_temperature(val_logits, val_targets)
-    thresholds, pooled = choose_thresholds(sigmoid(val_logits / temperature), val_targets)
-    timings["total_s"] = time.perf_counter() - started
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model on a folder of per-patient FHIR bundles and write it to `out_dir`."""
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    corpus = prepare_corpus(data_dir, config, progress)
+    model, fitted = fit(corpus, config, progress)
+    val_logits = predict_logits(model, corpus.val_inputs)
+    temperature = fit_temperature(val_logits, corpus.val_targets)
+    thresholds, pooled = choose_thresholds(sigmoid(val_logits / temperature), corpus.val_targets)
+    timings = {"prepare_s": corpus.prepare_s, **fitted["timings"], "total_s": time.perf_counter() - started}
+    lengths = [len(p.encoded) + p.encoded.dropped for p in corpus.train_data]
     metadata = {
         "config": config.to_json(),
-        "base": str(base) if base is not None else None,
-        "patients": {"train": len(train_records), "validation": len(val_records)},
-        "examples": {"train": len(train_examples), "validation": len(val_examples)},
-        "pretrain_losses": pretrain_losses,
-        "finetune": {k: v for k, v in fit.items()},
+        "patients": {"train": len(corpus.train_records), "validation": len(corpus.val_records)},
+        "situations": {"train": len(corpus.train_data), "validation": len(corpus.val_data)},
+        "facts_per_situation": {
+            "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)),
+            "max": int(max(lengths)),
+            "dropped_share_max": max(
+                p.encoded.dropped / max(len(p.encoded) + p.encoded.dropped, 1) for p in corpus.train_data
+            ),
+        },
+        "pretrain_losses": fitted["pretrain_losses"],
+        "finetune": fitted["finetune"],
         "temperature": temperature,
         "pooled_threshold": pooled,
         "timings": timings,
-        "validation_patients": sorted(r.reference for r in val_records),
+        "validation_patients": sorted(r.reference for r in corpus.val_records),
     }
     version = save_model(
-        out_dir, network, tokenizer, labels, temperature, thresholds, config.max_length, metadata, style
+        out_dir, model, corpus.vocab, corpus.labels, temperature, thresholds, config.max_facts, metadata
     )
     metadata["model_version"] = version
     return metadata

@@ -29,7 +29,7 @@ from cds_plugin.hooks.card import Card, new_uuid
 from cds_plugin.hooks.registry import HookCall, ServiceRegistry, default_registry
 from cds_plugin.hooks.response import CDSResponse
 from cds_plugin.model.assessment import Assessment, Consideration
-from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT, treatment_key
+from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT
 from cds_plugin.services.background import BackgroundQueue
 from cds_plugin.settings import Settings
 
@@ -93,7 +93,7 @@ def load_engine() -> Any:
     with _engine_lock:
         if path not in _engines:
             from cds_plugin.explain import warm_up
-            from cds_plugin.model.engine import Engine
+            from cds_plugin.explain.engine import Engine
 
             started = time.perf_counter()
             engine = Engine.load(path or None)
@@ -101,7 +101,7 @@ def load_engine() -> Any:
             # the first attribution pays for imports and lazy set-up: pay it here, not in a hook call
             engine.explain(
                 WARM_UP_PATIENT,
-                engine.labels.labels[0].code,
+                engine.labels[0].code,
                 method=environment().settings.card_explanation_method,
             )
             _engines[path] = engine
@@ -157,8 +157,13 @@ def _without_considerations(call: HookCall, record: PatientRecord) -> CDSRespons
     return CDSResponse(cards=[no_facts_card(record, SOURCE_LABEL, _model_card_url(call))])
 
 
-def _drafted(record: PatientRecord) -> set[str]:
-    return {k.code for m in record.medication_requests if m.status == "draft" and (k := treatment_key(m))}
+def _drafted(record: PatientRecord, labels: Any) -> set[int]:
+    """Treatment considerations (label indices) of the draft orders."""
+    return {
+        i
+        for m in record.medication_requests
+        if m.status == "draft" and (i := labels.of_request(m)) is not None
+    }
 
 
 def _model_card_url(call: HookCall) -> str | None:
@@ -291,12 +296,12 @@ def _not_overridden(
 
 
 def _suggested(
-    call: HookCall, items: Sequence[Consideration], exclude: set[str], limit: int, overridden: set[str]
+    call: HookCall, items: Sequence[Consideration], exclude: set[int], limit: int, overridden: set[str]
 ) -> list[Consideration]:
     """What cards may propose, best first, at most `limit`: likely, above the floor, not excluded and
     not overridden for this patient lately."""
     floor = environment().settings.min_card_probability
-    candidates = [c for c in items if c.suggested and c.probability >= floor and c.code not in exclude]
+    candidates = [c for c in items if c.suggested and c.probability >= floor and c.label_index not in exclude]
     return _not_overridden(call, candidates, overridden)[:limit]
 
 
@@ -332,7 +337,7 @@ def order_review(call: HookCall) -> CDSResponse:
     withheld = _without_considerations(call, record)
     if withheld is not None:
         return withheld
-    drafted = _drafted(record)
+    drafted = _drafted(record, engine.labels)
     assessment = engine.assess(record)
     limit = environment().settings.max_cards
     overridden = _overridden(call)
@@ -348,7 +353,7 @@ def order_review(call: HookCall) -> CDSResponse:
             [
                 c
                 for c in baseline.treatments
-                if c.code in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
+                if c.label_index in drafted and c.probability < min(UNLIKELY_DRAFT, c.threshold / 4)
             ],
             overridden,
         )[:limit]

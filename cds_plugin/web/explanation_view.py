@@ -514,12 +514,11 @@ def _engine_for(payload: Mapping[str, Any]) -> tuple[Any | None, str]:
 
 
 def _explain(engine: Any, payload: Mapping[str, Any], method: str, **settings: Any) -> dict[str, Any]:
-    """Run `method` on the stored model input (same facts, same order, same tokens as the card)."""
+    """Run `method` on the stored model input (same facts, same order, same positions as the card)."""
     from cds_plugin.explain import ExplainInput, resolve_targets, run
-    from cds_plugin.model.dataset import encode_linearization
 
     lin = linearization_from_payload(dict(payload))
-    encoded = encode_linearization(lin, engine.tokenizer, engine.model.max_length, engine.model.fact_style)
+    encoded = engine.vocab.encode(lin)
     consideration = payload["consideration"]
     targets, _ = resolve_targets(engine, f"{consideration['kind']}:{consideration['code']}")
     return run(ExplainInput(engine, lin, encoded), targets, method, **settings)[0].to_json()

@@ -38,6 +38,6 @@ def planted_model(tmp_path_factory, planted_corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def planted_engine(planted_model):
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
     return Engine.load(planted_model)

@@ -37,7 +37,7 @@ def test_completeness_under_one_percent_with_default_steps(synthea_engine, synth
         for e in synthea_engine.explain(a, a.considerations[:3]):
             assert e.settings["quadrature"] == "gausslegendre"
             total = sum(ev.score for ev in e.evidence)
-            assert abs(total - sum(t.score for t in e.tokens)) < 1e-9  # nothing lost on the way to resources
+            assert abs(total - sum(f.score for f in e.facts)) < 1e-9  # nothing lost on the way to resources
             delta = e.f_x - e.f_baseline
             measured = abs(total - delta) / max(abs(delta), 1e-3)
             assert e.completeness_error == pytest.approx(measured, abs=1e-6)
@@ -80,7 +80,7 @@ def test_several_targets_never_mix(synthea_engine, synthea_assessments, method):
         want = {ev.reference: ev.score for ev in alone.evidence}
         assert got.keys() == want.keys()
         assert max(abs(got[r] - want[r]) for r in got) < 1e-6
-    scores = [[t.score for t in e.tokens] for e in together]
+    scores = [[f.score for f in e.facts] for e in together]
     assert not np.allclose(scores[0], scores[1])  # different labels, different explanations
 
 
@@ -91,9 +91,8 @@ def test_evidence_references_exist_in_the_input(synthea_engine, synthea_assessme
             e = synthea_engine.explain(a, a.considerations[0], method=method)
             assert e.evidence
             assert {ev.reference for ev in e.evidence} <= references
-            assert {ev.reference for ev in e.evidence} == {s.reference for s in a.linearization.segments} & {
-                a.linearization.segments[i].reference for _, _, i in a.encoded.spans
-            }
+            assert {ev.reference for ev in e.evidence} == {s.reference for s in a.linearization.segments}
+            assert len(e.facts) == len(a.encoded) == len(a.linearization.segments)  # one position per fact
             scores = [abs(ev.score) for ev in e.evidence]
             assert scores == sorted(scores, reverse=True)
             assert sum(ev.share for ev in e.evidence) == pytest.approx(1.0)
@@ -170,7 +169,7 @@ def test_cli_explain(planted_model, planted_corpus, capsys):
     args = ["explain", str(path), "--code", "metformin", "--model", str(planted_model), "--as-of", as_of]
     assert main([*args, "--json"]) == 0
     e = X.Explanation.loads(capsys.readouterr().out)
-    assert e.target.code == "metformin" and e.method == "integrated_gradients"
+    assert e.target.code == "6809" and e.target.display == "Metformin" and e.method == "integrated_gradients"
     assert main([*args, "--method", "attention", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "what the model looked at" in out and out.count("Observation/") + out.count("Patient/") >= 1

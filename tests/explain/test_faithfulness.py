@@ -38,7 +38,7 @@ def test_erasure_scores_see_the_planted_fact(planted_engine, planted_corpus):
     repredict = F.Repredictor(planted_engine, record)
     order = F.ranking(label)
     assert order[0].endswith(RULES["metformin"][0]) and not any(r.startswith("Patient/") for r in order)
-    index = next(i for i, k in enumerate(planted_engine.labels.labels) if k.code == "metformin")
+    index = planted_engine.labels.find("metformin")
     good = F.erasure_scores(repredict, order, index)
     bad = F.erasure_scores(repredict, order[::-1], index)
     assert good["comprehensiveness@1"] > 0.3 > bad["comprehensiveness@1"]
@@ -54,11 +54,13 @@ def test_erasure_scores_see_the_planted_fact(planted_engine, planted_corpus):
 def test_randomization_changes_scores(planted_engine):
     stages = F.randomized_engines(planted_engine)
     assert stages[0][0] == "head"
-    assert len(stages) == 1 + len(F._encoder_layers(planted_engine.network))
-    original = dict(planted_engine.network.head.state_dict())
-    assert all((original[k] == v).all() for k, v in planted_engine.network.head.state_dict().items())
-    for _, engine in stages:
-        assert not (engine.network.head.weight == planted_engine.network.head.weight).all()
+    network = planted_engine.network
+    assert len(stages) == 1 + min(2, len(network.layers))
+    original = {k: v.clone() for k, v in network.state_dict().items()}
+    for _, engine in stages:  # both heads re-initialised, the engine itself untouched
+        assert not (engine.network.head.weight == network.head.weight).all()
+        assert not (engine.network.code_weights.weight == network.code_weights.weight).all()
+    assert all((original[k] == v).all() for k, v in network.state_dict().items())
 
 
 def test_evaluate_explanations_report(planted_model, planted_corpus, tmp_path):

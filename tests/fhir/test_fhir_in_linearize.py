@@ -1,4 +1,4 @@
-"""Linearization: segments with provenance, order, per-type budgets, value rendering."""
+"""Linearization: one segment per fact with provenance, most recent first, the cap, value rendering."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 def test_demographic_segments_come_first() -> None:
     lin = linearize(read_record(edge("document-bundle"), as_of=date(2024, 6, 1)))
-    assert lin.segments[0] == Segment(
-        "age 10-14", "Patient/doc-patient", "Patient", "Patient.birthDate", None, "age"
+    first = lin.segments[0]
+    assert first == Segment(
+        "age 10-14", "Patient/doc-patient", "Patient", "Patient.birthDate", None, "age", value=first.value
     )
+    assert 10 <= first.value < 15  # the model reads the age itself, not the band
     assert lin.segments[1].text == "sex male" and lin.segments[1].path == "Patient.gender"
+    assert lin.segments[1].value_code == "male"
 
 
 def test_segments_carry_provenance() -> None:
@@ -72,49 +75,34 @@ def test_no_system_urls_narrative_or_meta(patient_name: str) -> None:
     assert "\u200b" not in text
 
 
-def test_type_order_and_relevance_within_a_type() -> None:
-    lin = linearize(read_record(edge("timezones-as-of"), as_of=date(2030, 1, 1)))
-    kinds = [s.resource_type for s in lin.segments]
-    assert kinds == sorted(
-        kinds,
-        key=[
-            "Patient",
-            "Condition",
-            "MedicationRequest",
-            "AllergyIntolerance",
-            "Observation",
-            "Procedure",
-            "Immunization",
-            "Encounter",
-            "CarePlan",
-        ].index,
-    )
-    conditions = [s.text for s in lin.segments if s.resource_type == "Condition"]
-    # Active first (most recent first), then resolved.
-    assert conditions[0].startswith("condition: Hypertension; active")
-    assert conditions[1].startswith("condition: Diabetes mellitus type 2 (disorder); active")
-    assert all("resolved" in c for c in conditions[2:])
+def test_every_fact_most_recent_first() -> None:
+    record = read_record(edge("timezones-as-of"), as_of=date(2030, 1, 1))
+    lin = linearize(record)
+    facts = lin.segments[2:]
+    assert len(facts) == sum(1 for f in record.facts() if f.resource_type != "Patient")
+    dated = [s.date for s in facts if s.date is not None]
+    assert dated == sorted(dated, reverse=True)
+    undated = [i for i, s in enumerate(facts) if s.date is None]
+    assert undated == list(range(len(undated)))  # undated facts count as current
 
 
-def test_distinct_codes_before_repeats_and_per_type_budget() -> None:
+def test_the_cap_keeps_the_most_recent_and_counts_the_rest() -> None:
     record = read_record(patient_bundle("heart-failure-elderly-2019"))
-    lin = linearize(record, max_facts={"Observation": 10})
-    observations = [s for s in lin.segments if s.resource_type == "Observation"]
-    assert len(observations) == 10
-    assert len({s.code for s in observations}) == 10  # latest of each code, no repeats yet
-    assert lin.omitted["Observation"] == len(record.observations) - 10
-    # Other types keep their own budget, unaffected by the long observation history.
-    assert sum(1 for s in lin.segments if s.resource_type == "Condition") == len(record.conditions)
-    dates = [s.date for s in observations]
-    assert dates == sorted(dates, reverse=True) or len({s.date for s in observations}) < 10
+    whole = linearize(record)
+    capped = linearize(record, max_facts=10)
+    assert capped.segments[:12] == whole.segments[:12] and len(capped.segments) == 12  # age, sex + 10
+    assert sum(capped.omitted.values()) == len(whole.segments) - 12 + sum(whole.omitted.values())
 
 
-def test_token_budget_with_custom_counter() -> None:
-    record = read_record(patient_bundle("copd-adult-2019"))
-    lin = linearize(record, max_tokens={"Observation": 30}, count_tokens=lambda text: 10)
-    assert sum(1 for s in lin.segments if s.resource_type == "Observation") == 3
-    none = linearize(record, max_facts=dict.fromkeys(["Condition", "Observation", "Encounter"], 0))
-    assert not any(s.resource_type in ("Condition", "Observation", "Encounter") for s in none.segments)
+def test_segments_carry_what_the_model_encodes() -> None:
+    record = read_record(patient_bundle("heart-failure-elderly-2019"))
+    lin = linearize(record)
+    by_ref = {o.reference: o for o in record.observations}
+    numeric = [s for s in lin.segments if s.resource_type == "Observation" and s.value is not None]
+    assert numeric
+    for s in numeric:
+        assert s.value == by_ref[s.reference].value or s.path != "Observation"
+    assert all(s.status for s in lin.segments if s.resource_type == "Condition")
 
 
 def test_entered_in_error_is_left_out() -> None:
@@ -203,7 +191,7 @@ def test_order_select_request_shows_the_draft() -> None:
     draft = [s for s in lin.segments if s.reference == "MedicationRequest/draft-1"]
     assert len(draft) == 1 and "; draft;" in draft[0].text
     first_med = next(s for s in lin.segments if s.resource_type == "MedicationRequest")
-    assert first_med.reference == "MedicationRequest/draft-1"  # active and draft orders rank first
+    assert first_med.reference == "MedicationRequest/draft-1"  # the draft is the most recent order
 
 
 @pytest.mark.parametrize(

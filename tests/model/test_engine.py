@@ -31,9 +31,10 @@ def test_documented_flags_match_the_record(engine, corpus):
     bundle = bundle_files(corpus)[1]
     record = read_record(bundle)
     a = engine.assess(record)
-    documented = documented_concepts(record)
+    documented = documented_concepts(record, engine.labels)
     for c in a.considerations:
-        assert c.documented == (f"{c.kind}:{c.code}" in documented)
+        assert c.documented == (c.label_index in documented)
+        assert c.codes == engine.labels[c.label_index].codes
 
 
 def test_as_of_changes_the_input(engine, corpus):
@@ -41,7 +42,7 @@ def test_as_of_changes_the_input(engine, corpus):
     now = engine.assess(bundle)
     early = engine.assess(bundle, as_of=date(1990, 1, 1))
     assert early.reference_time.year == 1990
-    assert len(early.encoded.spans) <= len(now.encoded.spans)
+    assert len(early.encoded) <= len(now.encoded)
 
 
 def test_assess_many_matches_assess(engine, corpus):
@@ -60,10 +61,53 @@ def test_bad_input_is_the_projects_error(engine):
 
 
 def test_default_engine_import():
+    """`cds_plugin.Engine` is the model's Engine with explanations (the model never imports explain)."""
     from cds_plugin import Engine
-    from cds_plugin.model.engine import Engine as Direct
+    from cds_plugin.explain.engine import Engine as Explaining
+    from cds_plugin.model.engine import Engine as Predicting
 
-    assert Engine is Direct
+    assert Engine is Explaining and issubclass(Engine, Predicting)
+    assert not hasattr(Predicting, "explain")
+
+
+def test_model_package_never_imports_explain():
+    code = (
+        "import sys, cds_plugin.model.engine, cds_plugin.model.training, cds_plugin.model.evaluation; "
+        "print(any(m.startswith('cds_plugin.explain') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_labels_expose_codes_and_plausibility(engine):
+    for label in engine.labels:
+        assert label.code and label.codes and label.system and label.display
+        assert label.kind in ("diagnosis", "treatment")
+
+
+def test_implausible_considerations_are_never_suggested(engine, corpus):
+    """A consideration outside its sexes or ages is rated but never suggested (issue: plausibility)."""
+    import dataclasses
+
+    from cds_plugin.model.label_space import LabelSpace
+
+    record = read_record(bundle_files(corpus)[0])
+    labels = engine.labels
+    narrowed = LabelSpace(
+        [
+            dataclasses.replace(label, sexes=("female",) if record.patient.sex == "male" else ("male",))
+            for label in labels
+        ],
+        labels.excluded,
+    )
+    engine.model.labels = engine.labels = narrowed
+    try:
+        a = engine.assess(record)
+    finally:
+        engine.model.labels = engine.labels = labels
+    assert a.considerations and not any(c.plausible or c.suggested for c in a.considerations)
 
 
 def test_cli_assess_json(tiny_model, corpus):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cds_plugin.model.evaluation import evaluate_model
-from cds_plugin.model.network import NetworkConfig
-from cds_plugin.model.training import TrainConfig, train
+from cds_plugin.model.training import NetworkShape, TrainConfig, train
 from tests.conftest import small_corpus
 
 
@@ -14,11 +13,7 @@ from tests.conftest import small_corpus
 def test_small_model_beats_prevalence(tmp_path):
     corpus = small_corpus(tmp_path, n=160)
     config = TrainConfig(
-        max_length=192,
-        min_positive=5,
-        network=NetworkConfig(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
-        ),
+        network=NetworkShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
         pretrain_epochs=1,
         finetune_epochs=6,
     )

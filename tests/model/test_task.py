@@ -8,14 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cds_plugin.fhir.reader import read_record
-from cds_plugin.model.concepts import ingredient_name, is_clinical_condition
+from cds_plugin.model.concepts import ingredient_name
 from cds_plugin.model.dataset import bundle_files
+from cds_plugin.model.label_space import LabelSpace
 from cds_plugin.model.task import (
     KNOWN,
     NEGATIVE,
     POSITIVE_NEW,
     POSITIVE_UNDOCUMENTED,
     YEAR,
+    concept_references,
     documented_concepts,
     first_occurrences,
     make_example,
@@ -42,22 +44,20 @@ def test_ingredients(display, ingredient):
     assert ingredient_name(display) == ingredient
 
 
-@pytest.mark.parametrize(
-    ("display", "clinical"),
-    [
-        ("Hypertension", True),
-        ("Essential hypertension (disorder)", True),
-        ("Full-time employment (finding)", False),
-        ("Medication review due (situation)", False),
-        ("Stress (finding)", False),
-        ("Received higher education (finding)", False),
-        ("Housing unsatisfactory (finding)", False),
-        ("History of appendectomy", False),
-        ("Body mass index 30+ - obesity (finding)", True),
-    ],
-)
-def test_social_and_administrative_findings_are_never_labels(display, clinical):
-    assert is_clinical_condition(display) is clinical
+LABELS = LabelSpace.from_file()
+
+
+def test_codes_of_both_generations_are_one_consideration():
+    """Hypertension and prediabetes are coded differently in the 2019 and 2025 Synthea sets."""
+    from cds_plugin.fhir.record import Coding, Concept, Condition
+
+    def condition(code: str) -> Condition:
+        concept = Concept((Coding("http://snomed.info/sct", code),))
+        return Condition(reference="Condition/x", path="Condition", date=None, code=concept)
+
+    assert LABELS.of_condition(condition("38341003")) == LABELS.of_condition(condition("59621000"))
+    assert LABELS.of_condition(condition("15777000")) == LABELS.of_condition(condition("714628002"))
+    assert LABELS.of_condition(condition("444814009")) is None  # viral sinusitis: excluded
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def examples_of(records, mask_rate=0.5):
     for record in records:
         rng = random.Random(record.reference)
         for t in reference_times(record, 3, rng):
-            out.append((record, make_example(record, t, rng, mask_rate)))
+            out.append((record, make_example(record, t, rng, LABELS, mask_rate)))
     return out
 
 
@@ -93,16 +93,13 @@ def test_no_fact_dated_after_t_reaches_the_input(records):
 
 def test_masked_concepts_leave_no_trace(records):
     """Leakage: every resource of a masked concept is gone, and so are its mentions as reasons."""
-    from cds_plugin.model.concepts import diagnosis_key, treatment_key
-
     checked = 0
     for record, ex in examples_of(records):
         masked = {c for c, s in ex.states.items() if s == POSITIVE_UNDOCUMENTED}
-        own = {c.reference for c in record.conditions if (k := diagnosis_key(c)) and k.id in masked}
-        own |= {m.reference for m in record.medication_requests if (k := treatment_key(m)) and k.id in masked}
+        own = {ref for ref, i in concept_references(record, LABELS).items() if i in masked}
         present = {f.reference for f in ex.record.facts()}
         assert not own & present
-        codes = {c.split(":", 1)[1] for c in masked if c.startswith("diagnosis:")}
+        codes = {code for i in masked if LABELS[i].kind == "diagnosis" for code in LABELS[i].codes}
         for fact in (*ex.record.encounters, *ex.record.procedures, *ex.record.medication_requests):
             for reason in getattr(fact, "reasons", ()):
                 assert not set(reason.codes()) & codes
@@ -113,28 +110,52 @@ def test_masked_concepts_leave_no_trace(records):
 def test_states_follow_the_definition(records):
     for record, ex in examples_of(records):
         t = ex.reference_time
-        documented_at_t = documented_concepts(record.as_of(t))
-        first = first_occurrences(record)
-        for cid, state in ex.states.items():
+        documented_at_t = documented_concepts(record.as_of(t), LABELS)
+        first = first_occurrences(record, LABELS)
+        for i, state in ex.states.items():
             if state in (KNOWN, POSITIVE_UNDOCUMENTED):
-                assert cid in documented_at_t
+                assert i in documented_at_t
             if state == POSITIVE_NEW:
-                assert t < first[cid][0] <= t + YEAR
-        visible = documented_concepts(ex.record)
-        for cid, state in ex.states.items():
-            assert (cid in visible) == (state == KNOWN)
-        assert ex.state("diagnosis:0-not-a-code") == NEGATIVE
+                assert t < first[i] <= t + YEAR
+        visible = documented_concepts(ex.record, LABELS)
+        for i, state in ex.states.items():
+            assert (i in visible) == (state == KNOWN)
+        assert ex.state(len(LABELS) + 5) == NEGATIVE
 
 
 def test_without_rng_nothing_is_masked(records):
     record = next(r for r in records if reference_times(r, 1, random.Random(0)))
     t = reference_times(record, 1, random.Random(0))[0]
-    ex = make_example(record, t, None)
+    ex = make_example(record, t, None, LABELS)
     assert POSITIVE_UNDOCUMENTED not in ex.states.values()
 
 
 def test_example_time_is_utc():
-    from cds_plugin.model.task import _utc
+    from cds_plugin.model.task import utc
 
-    assert _utc(datetime(2020, 1, 1)).tzinfo == UTC
-    assert _utc(datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=1)).hour == 1
+    assert utc(datetime(2020, 1, 1)).tzinfo == UTC
+    assert utc(datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=1)).hour == 1
+
+
+def test_masking_positions_equals_encoding_the_masked_record(records):
+    """Training drops the masked considerations' positions; that is the encoding of the masked record."""
+    from cds_plugin.fhir.linearize import linearize
+    from cds_plugin.model.dataset import prepare
+    from cds_plugin.model.facts import FactVocabulary
+    from cds_plugin.model.task import remove_concepts, situation_at
+
+    checked = 0
+    for record in records:
+        for t in reference_times(record, 2, random.Random(1)):
+            situation = situation_at(record, t, LABELS)
+            if not situation.documented:
+                continue
+            vocab = FactVocabulary.fit([(record.reference, linearize(situation.record))], min_count=1)
+            prepared = prepare(situation, vocab, LABELS)
+            hidden = frozenset(sorted(situation.documented)[:2])
+            direct = vocab.encode(linearize(remove_concepts(situation.record, LABELS, hidden)))
+            dropped = prepared.masked(hidden)
+            assert dropped.codes.tolist() == direct.codes.tolist()
+            assert dropped.values.tolist() == direct.values.tolist()
+            checked += 1
+    assert checked

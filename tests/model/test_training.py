@@ -17,7 +17,8 @@ def test_artifacts_are_complete(tiny_model):
     assert {
         "model.safetensors",
         "config.json",
-        "tokenizer.json",
+        "cds_plugin.json",
+        "facts.json",
         "labels.json",
         "calibration.json",
         "thresholds.json",
@@ -27,8 +28,9 @@ def test_artifacts_are_complete(tiny_model):
     meta = json.loads((tiny_model / "training.json").read_text())
     assert meta["pretrain_losses"] and meta["finetune"]["history"]
     labels = json.loads((tiny_model / "labels.json").read_text())["labels"]
-    assert labels and all(label["positives"] >= 1 for label in labels)
+    assert labels and any(label["positives"] >= 1 for label in labels)
     assert {label["kind"] for label in labels} <= {"diagnosis", "treatment"}
+    assert all(label["codes"] for label in labels)
 
 
 def test_split_is_by_patient(tiny_model):
@@ -76,36 +78,39 @@ def test_thresholds_per_label_and_pooled():
     assert thresholds[1] == pooled
 
 
-def test_base_checkpoint_can_be_fine_tuned(corpus, tmp_path):
-    """`--base PATH`: any Hugging Face encoder on disk (here a tiny BERT saved for the test)."""
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+def test_model_is_a_hugging_face_model(tiny_model):
+    """save_pretrained / from_pretrained with safetensors: the folder loads with transformers alone."""
+    from cds_plugin.model.network import CdsFactsConfig, CdsFactsModel
 
-    from cds_plugin.model.engine import Engine
-    from cds_plugin.model.tokenizer import FactTokenizer
+    config = CdsFactsConfig.from_pretrained(tiny_model)
+    assert config.model_type == "cds-facts"
+    model = CdsFactsModel.from_pretrained(tiny_model)
+    assert model.config.n_labels == config.n_labels
 
-    base = tmp_path / "base"
-    texts = ["condition hypertension active", "lab glucose 100 mg/dl normal", "medication simvastatin"] * 20
-    tok = FactTokenizer.train(texts, vocab_size=200, min_frequency=1)
-    tok.save(base)
-    PreTrainedTokenizerFast(tokenizer_file=str(base / "tokenizer.json")).save_pretrained(base)
-    BertModel(
-        BertConfig(
-            vocab_size=tok.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    ).save_pretrained(base)
-    train(
-        corpus,
-        tmp_path / "m",
-        TrainConfig.tiny(limit_patients=8, finetune_epochs=1),
-        base=base,
-        progress=False,
+
+def test_pretraining_lowers_its_own_loss(corpus, tmp_path):
+    meta = train(
+        corpus, tmp_path / "m", TrainConfig.tiny(limit_patients=12, pretrain_epochs=3), progress=False
     )
-    engine = Engine.load(tmp_path / "m")
-    assert engine.network.encoder.config.hidden_size == 32
+    losses = meta["pretrain_losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_masks_are_drawn_again_each_epoch(corpus):
+    """The "not documented" question is resampled: the same situation is masked differently over epochs."""
+    import random
+
+    from cds_plugin.model.dataset import build_situations, load_corpus
+    from cds_plugin.model.label_space import LabelSpace
+    from cds_plugin.model.task import draw_mask
+
+    labels = LabelSpace.from_file()
+    situations = build_situations(load_corpus(corpus, progress=False), 2, 13, labels)
+    rich = [s for s in situations if len(s.documented) >= 3]
+    assert rich
+    rng = random.Random(0)
+    draws = [[draw_mask(s, rng, 0.5) for s in rich] for _ in range(3)]
+    assert draws[0] != draws[1] or draws[1] != draws[2]
 
 
 def test_broken_model_folder_is_a_clear_error(tmp_path, tiny_model):
