@@ -159,7 +159,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cds_plugin.errors import CdsPluginError
 
     try:
-        report = evaluate_model(args.model, args.data, split=args.split, progress=not args.quiet)
+        report = evaluate_model(
+            args.model, args.data, split=args.split, progress=not args.quiet, gap_resamples=args.gap_resamples
+        )
     except (CdsPluginError, ValueError) as exc:
         print(f"cds-plugin evaluate: {exc}", file=sys.stderr)
         return 2
@@ -341,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="folder of FHIR bundles and/or NDJSON exports")
     evaluate.add_argument("--split", choices=("validation", "all"), default="validation")
     evaluate.add_argument("--json", help="write the full report here")
+    evaluate.add_argument(
+        "--gap-resamples",
+        type=int,
+        default=200,
+        help="patient-bootstrap resamples for the subgroup-gap intervals (0: skip them)",
+    )
     evaluate.add_argument("--threads", type=int)
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -57,6 +57,31 @@ def tiny_model(tmp_path_factory, corpus) -> Path:
     return out
 
 
+#: The thresholds of `card_model`: low enough that most fixtures get cards from a tiny model.
+CARD_THRESHOLD = 0.1
+
+
+@pytest.fixture(scope="session")
+def card_model(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model with every threshold at CARD_THRESHOLD, for tests of what cards say and do.
+
+    The tiny model's thresholds are fitted by F1 on a handful of validation positives (one pooled
+    value for nearly every label), which leaves most fixtures with no card: the services' tests check
+    the cards' form, wording and behaviour, not which considerations a real model would propose.
+    """
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("card-model") / "model"
+    shutil.copytree(tiny_model, out)
+    path = out / "thresholds.json"
+    data = json.loads(path.read_text())
+    data["thresholds"] = [CARD_THRESHOLD] * len(data["thresholds"])
+    data["chosen_by"] = f"tests: every threshold set to {CARD_THRESHOLD}"
+    path.write_text(json.dumps(data, indent=2))
+    return out
+
+
 @pytest.fixture(scope="session")
 def engine(tiny_model):
     from cds_plugin.explain.engine import Engine

@@ -268,29 +268,158 @@ def compare(
         report["subgroups"][group] = {"examples": int(mask.sum())}
         for name, s in scores.items():
             full = summarize(s[mask], targets[mask], labels)
-            report["subgroups"][group][name] = {k: v for k, v in full.items() if not k.endswith("per_label")}
+            summary = {k: v for k, v in full.items() if not k.endswith("per_label")}
+            # per-label AUPRC kept so that subgroup_gaps can compare groups over the same labels
+            summary["label_auprc"] = {
+                question: {
+                    lid: row["auprc"] for lid, row in full[f"{question}/per_label"].items() if "auprc" in row
+                }
+                for question in QUESTIONS
+            }
+            report["subgroups"][group][name] = summary
     return report
 
 
 def subgroup_gaps(
-    report: dict[str, Any], min_examples: int = 30, key: str = "macro_auprc"
-) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Largest between-group difference of `key` per dimension (sex, age, race), question x group and
-    scorer, over groups with at least `min_examples` examples (smaller groups are too noisy to rank)."""
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    report: dict[str, Any], min_examples: int = 30
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Largest between-group difference of macro AUPRC per dimension (sex, age, race), question x group
+    and scorer, over groups with at least `min_examples` examples (smaller ones are too noisy to rank).
+
+    The macro is taken over the labels rated (a positive and a negative) in *every* compared group, so
+    that two groups are compared on the same questions: a label rated for one sex only (prostate
+    disease, osteoporosis therapy) would otherwise move one group's mean and not the other's. Each row
+    also carries `labels`, how many labels the comparison rests on, and `all_labels_<scorer>`, the gap
+    of the plain per-group macros (the subgroup table's figures).
+    """
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for dimension in ("sex", "age", "race"):
         groups = [
             values
             for name, values in report["subgroups"].items()
             if name.startswith(f"{dimension}=") and values["examples"] >= min_examples
         ]
-        rows: dict[str, dict[str, float | None]] = {}
-        for question in (f"{q}/{g}" for q in QUESTIONS for g in GROUPS):
-            rows[question] = {}
-            for scorer in report["overall"]:
-                found = [g[scorer][question][key] for g in groups if g[scorer][question][key] is not None]
-                rows[question][scorer] = float(max(found) - min(found)) if len(found) > 1 else None
+        rows: dict[str, dict[str, float | int | None]] = {}
+        for question in QUESTIONS:
+            for kind in GROUPS:
+                key = f"{question}/{kind}"
+                row: dict[str, float | int | None] = {}
+                shared: set[str] | None = None
+                for g in groups:
+                    for scorer in report["overall"]:
+                        rated = {
+                            lid
+                            for lid in g[scorer].get("label_auprc", {}).get(question, {})
+                            if lid.split(":", 1)[0] == kind
+                        }
+                        shared = rated if shared is None else shared & rated
+                row["labels"] = len(shared or ())
+                for scorer in report["overall"]:
+                    means = [
+                        float(np.mean([g[scorer]["label_auprc"][question][lid] for lid in shared]))
+                        for g in groups
+                        if shared
+                    ]
+                    row[scorer] = float(max(means) - min(means)) if len(means) > 1 else None
+                    plain = [
+                        g[scorer][key]["macro_auprc"]
+                        for g in groups
+                        if g[scorer][key]["macro_auprc"] is not None
+                    ]
+                    row[f"all_labels_{scorer}"] = float(max(plain) - min(plain)) if len(plain) > 1 else None
+                rows[key] = row
         out[dimension] = rows
+    return out
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """sklearn's average precision (ties as one threshold), without its input checks: the bootstrap
+    below calls it hundreds of thousands of times."""
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def gap_intervals(
+    scores: dict[str, np.ndarray],
+    targets: np.ndarray,
+    examples: Sequence[Example],
+    report: dict[str, Any],
+    model: str = "model",
+    baseline: str = "logistic_regression",
+    resamples: int = 200,
+    seed: int = 0,
+    min_examples: int = 30,
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """How sure the comparison of subgroup gaps is: a patient bootstrap of (model gap - baseline gap).
+
+    Patients are resampled with replacement (all examples of a drawn patient together); in each resample
+    the gaps are recomputed as `subgroup_gaps` does (same groups, macro AUPRC over the labels rated in
+    every group). Per dimension and question x group: the point difference, the 2.5 and 97.5 percentiles
+    and the share of resamples where the model's gap is the larger. An interval across 0 means the
+    validation split cannot tell the two gaps apart.
+    """
+    rng = np.random.default_rng(seed)
+    patients = np.array([e.patient for e in examples])
+    ids, inverse = np.unique(patients, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    masks = subgroups(examples)
+    kinds = {
+        kind: [j for j, lid in enumerate(report["label_ids"]) if lid.startswith(f"{kind}:")]
+        for kind in GROUPS
+    }
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for dimension, rows in report["gaps"].items():
+        names = [
+            n
+            for n, v in report["subgroups"].items()
+            if n.startswith(f"{dimension}=") and v["examples"] >= min_examples
+        ]
+        out[dimension] = {}
+        for key, point in rows.items():
+            if point.get(model) is None or point.get(baseline) is None:
+                continue
+            question, kind = key.split("/")
+            y_all = question_targets(targets, question)
+            diffs = []
+            for _ in range(resamples):
+                take = np.concatenate([rows_of[i] for i in rng.integers(0, len(ids), len(ids))])
+                gaps = {}
+                shared = None
+                per_group: dict[str, dict[str, dict[int, float]]] = {}
+                for name in names:
+                    idx = take[masks[name][take]]
+                    y = y_all[idx]
+                    per_group[name] = {}
+                    for scorer in (model, baseline):
+                        values = {}
+                        for j in kinds[kind]:
+                            keep = y[:, j] >= 0
+                            yj = y[keep, j]
+                            if 0 < yj.sum() < len(yj):
+                                values[j] = average_precision(yj, scores[scorer][idx][keep, j])
+                        per_group[name][scorer] = values
+                        shared = set(values) if shared is None else shared & set(values)
+                if not shared:
+                    continue
+                for scorer in (model, baseline):
+                    means = [np.mean([per_group[n][scorer][j] for j in shared]) for n in names]
+                    gaps[scorer] = max(means) - min(means)
+                diffs.append(gaps[model] - gaps[baseline])
+            if not diffs:
+                continue
+            d = np.array(diffs)
+            out[dimension][key] = {
+                "difference": float(point[model] - point[baseline]),
+                "low": float(np.percentile(d, 2.5)),
+                "high": float(np.percentile(d, 97.5)),
+                "model_gap_larger": float((d > 0).mean()),
+                "resamples": len(d),
+            }
     return out
 
 
@@ -328,6 +457,7 @@ def evaluate_model(
     data_dir: str | Path,
     split: str = "validation",
     progress: bool = True,
+    gap_resamples: int = 200,
 ) -> dict[str, Any]:
     """Evaluate a trained model beside the two baselines on the same examples.
 
@@ -375,6 +505,11 @@ def evaluate_model(
         notes.append("baselines skipped: no training patients under the data folder")
     report = compare(scores, targets, eval_examples, labels, sources)
     report["gaps"] = subgroup_gaps(report)
+    if "logistic_regression" in scores and gap_resamples:
+        report["label_ids"] = [label.id for label in labels]
+        report["gap_intervals"] = gap_intervals(
+            scores, targets, eval_examples, report, resamples=gap_resamples, seed=config.seed
+        )
     report["meta"] = {
         "model_version": engine.version,
         "split": split,
@@ -411,14 +546,26 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def render_gaps(report: dict[str, Any]) -> str:
-    """Largest macro-AUPRC gap between subgroups per dimension, model beside the baselines."""
+    """Largest macro-AUPRC gap between subgroups per dimension over the labels rated in every group,
+    model beside the baselines (`labels`: how many labels each comparison rests on)."""
     gaps = report.get("gaps") or subgroup_gaps(report)
     scorers = list(report["overall"])
-    lines = [f"{'largest AUPRC gap':<34}" + "".join(f"{s:>22}" for s in scorers)]
+    lines = [f"{'largest AUPRC gap (shared labels)':<34}{'labels':>7}" + "".join(f"{s:>22}" for s in scorers)]
     for dimension, rows in gaps.items():
         for question, values in rows.items():
             cells = "".join(
                 f"{'-' if values.get(s) is None else format(values[s], '.3f'):>22}" for s in scorers
             )
-            lines.append(f"{dimension + ' ' + question:<34}{cells}")
+            lines.append(f"{dimension + ' ' + question:<34}{values.get('labels', 0):>7}{cells}")
+    intervals = report.get("gap_intervals") or {}
+    if intervals:
+        lines.append("")
+        lines.append("model gap - logistic regression gap, patient bootstrap 95% interval:")
+        for dimension, rows in intervals.items():
+            for question, v in rows.items():
+                interval = f"[{v['low']:+.3f}, {v['high']:+.3f}]"
+                lines.append(
+                    f"{dimension + ' ' + question:<34}{v['difference']:+.3f} {interval}"
+                    f"  model's larger in {v['model_gap_larger']:.0%} of {v['resamples']}"
+                )
     return "\n".join(lines)

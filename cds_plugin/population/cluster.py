@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 if TYPE_CHECKING:
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
 PLUGIN_NAME = "cds-plugin-engine"
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
@@ -44,7 +44,7 @@ class EnginePlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
-        from cds_plugin.model.engine import Engine
+        from cds_plugin.explain.engine import Engine
 
         if self.ignore_sigint and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # also in a worker the nanny restarted

@@ -174,7 +174,7 @@ def _run(config: WorklistConfig, out: Path, state: RunState, reporter: Reporter)
     else:
         folder = Path(config.source)
     source = list_source(folder)
-    from cds_plugin.model.engine import Engine
+    from cds_plugin.explain.engine import Engine
 
     model_version = Engine.load(config.model).version  # fails here, not on every worker
     state.pin("model_version", model_version, "model")

@@ -125,8 +125,8 @@ def _card_content(card: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service_client(tiny_model, tmp_path_factory):
-    return open_app(tiny_model, tmp_path_factory.mktemp("forms")).test_client()
+def service_client(card_model, tmp_path_factory):
+    return open_app(card_model, tmp_path_factory.mktemp("forms")).test_client()
 
 
 @pytest.mark.parametrize("name", ["diabetes-adult-2025", "heart-failure-elderly-2019"])

@@ -10,10 +10,13 @@ import numpy as np
 
 from cds_plugin.model.dataset import NEG, POS_NEW, POS_UNDOC
 from cds_plugin.model.evaluation import (
+    average_precision,
     evaluate_model,
     expected_calibration_error,
     question_targets,
     recall_at_k,
+    render_gaps,
+    subgroup_gaps,
 )
 
 
@@ -37,6 +40,45 @@ def test_calibration_error_zero_when_perfect():
     assert expected_calibration_error(np.array([[0.9]]), np.array([[0]])) > 0.8
 
 
+def test_average_precision_matches_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        y = rng.integers(0, 2, 40)
+        y[0] = 1
+        s = rng.integers(0, 6, 40) / 5  # many ties
+        assert abs(average_precision(y, s) - average_precision_score(y, s)) < 1e-12
+
+
+def _group(examples: int, auprc: dict[str, float]) -> dict:
+    """One subgroup's entry of a report, for one scorer, with the undocumented-diagnosis AUPRCs given."""
+    summary = {
+        f"{q}/{g}": {"macro_auprc": None} for q in ("undocumented", "new") for g in ("diagnosis", "treatment")
+    }
+    summary["undocumented/diagnosis"]["macro_auprc"] = float(np.mean(list(auprc.values())))
+    summary["label_auprc"] = {"undocumented": auprc, "new": {}}
+    return {"examples": examples, "model": summary}
+
+
+def test_subgroup_gaps_compare_groups_over_the_same_labels():
+    # the women's macro includes a label rated for women only; the gap over shared labels leaves it out
+    report = {
+        "overall": {"model": {}},
+        "subgroups": {
+            "sex=female": _group(40, {"diagnosis:1": 0.5, "diagnosis:2": 0.7, "diagnosis:9": 1.0}),
+            "sex=male": _group(40, {"diagnosis:1": 0.4, "diagnosis:2": 0.6}),
+            "sex=other": _group(5, {"diagnosis:1": 0.0, "diagnosis:2": 0.0}),  # too few examples
+        },
+    }
+    row = subgroup_gaps(report)["sex"]["undocumented/diagnosis"]
+    assert row["labels"] == 2
+    assert abs(row["model"] - 0.1) < 1e-9
+    assert abs(row["all_labels_model"] - (np.mean([0.5, 0.7, 1.0]) - 0.5)) < 1e-9
+    assert subgroup_gaps(report)["sex"]["new/treatment"]["model"] is None
+    assert "0.100" in render_gaps({**report, "gaps": subgroup_gaps(report)})
+
+
 def test_report_has_model_and_baselines_by_subgroup(tiny_model, corpus):
     report = evaluate_model(tiny_model, corpus, progress=False)
     assert set(report["overall"]) == {"model", "prevalence", "logistic_regression"}
@@ -44,6 +86,10 @@ def test_report_has_model_and_baselines_by_subgroup(tiny_model, corpus):
         assert {"undocumented/diagnosis", "new/treatment"} <= set(report["overall"][name])
     assert any(k.startswith("sex=") for k in report["subgroups"])
     assert report["meta"]["examples"] > 0
+    assert set(report["gaps"]) == {"sex", "age", "race"}
+    for rows in report["gap_intervals"].values():
+        for v in rows.values():
+            assert v["low"] <= v["high"] and 0 <= v["model_gap_larger"] <= 1
 
 
 def test_cli_evaluate_writes_json(tiny_model, corpus, tmp_path):

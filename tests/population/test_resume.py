@@ -40,6 +40,19 @@ def worklist(out: Path) -> list[dict]:
     return pq.read_table(out / "worklist.parquet").to_pylist()
 
 
+def assert_same_worklist(got: list[dict], expected: list[dict]) -> None:
+    """Row for row the same; attributions within 1e-6, because a partition rescored in another worker
+    process sums its integrated-gradients batches in another floating-point order (about 1e-10 apart)."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.endswith("_attribution") and a[key] is not None and b[key] is not None:
+                assert abs(a[key] - b[key]) < 1e-6, (key, a[key], b[key])
+            else:
+                assert a[key] == b[key], (key, a[key], b[key])
+
+
 def scored_patients(out: Path) -> list[str]:
     refs: list[str] = []
     for path in sorted((out / "parts").glob("patients-*.parquet")):
@@ -112,7 +125,7 @@ def test_interrupted_run_continues_where_it_stopped(
             assert (out / "parts" / name).stat().st_mtime_ns == mtime, f"{name} was redone"
     names = {p.name for p in (out / "parts").iterdir()} | {p.name for p in (out / "groups").iterdir()}
     assert not {n for n in names if n.startswith(".tmp-") or n == "score-00999.parquet"}
-    assert worklist(out) == clean[1]
+    assert_same_worklist(worklist(out), clean[1])
 
 
 def test_a_folder_holding_another_run_is_refused(
@@ -162,7 +175,7 @@ def test_sigkill_of_a_worker_mid_run_still_scores_every_patient_once(
     assert any(key.startswith("score-") for key in killed[0][2])  # a scoring task was lost with it
     assert sorted(scored_patients(out)) == sorted(patient_refs)
     assert result.partitions_scored == result.partitions
-    assert worklist(out) == clean[1]
+    assert_same_worklist(worklist(out), clean[1])
 
 
 def test_ctrl_c_on_the_command_line_then_rerun(
@@ -201,4 +214,4 @@ def test_ctrl_c_on_the_command_line_then_rerun(
     assert done
     result = run_worklist(config(export_dir, out, tiny_model, shared_cluster))
     assert result.partitions_scored == result.partitions - len(done)
-    assert worklist(out) == clean[1]
+    assert_same_worklist(worklist(out), clean[1])

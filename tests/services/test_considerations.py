@@ -18,9 +18,9 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model, tmp_path_factory):
+def client(card_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("svc")
-    settings = Settings.load(environ={}, data_dir=str(data), jwt_required=False, model_path=str(tiny_model))
+    settings = Settings.load(environ={}, data_dir=str(data), jwt_required=False, model_path=str(card_model))
     app = create_app(settings)
     return app.test_client()
 
@@ -120,12 +120,12 @@ def test_malformed_prefetch_is_400(client):
     assert resp.status_code == 400 and resp.get_json()["resourceType"] == "OperationOutcome"
 
 
-def test_cheaper_card_method_then_integrated_gradients_on_the_page(tiny_model, tmp_path):
+def test_cheaper_card_method_then_integrated_gradients_on_the_page(card_model, tmp_path):
     """The default: attention x gradient on the card, integrated gradients added to the page after."""
     import time
 
     settings = Settings.load(
-        environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(tiny_model)
+        environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(card_model)
     )
     assert settings.card_explanation_method == "attention_gradient"
     app = create_app(settings)
@@ -147,14 +147,14 @@ def test_cheaper_card_method_then_integrated_gradients_on_the_page(tiny_model, t
     assert payload["explanations"]["integrated_gradients"]["completeness_error"] is not None
 
 
-def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_opens(tiny_model, tmp_path):
+def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_opens(card_model, tmp_path):
     """With the after-response queue off (as when it is full), opening the page computes them and keeps
     them with the page."""
     settings = Settings.load(
         environ={},
         data_dir=str(tmp_path),
         jwt_required=False,
-        model_path=str(tiny_model),
+        model_path=str(card_model),
         background_max_pending=0,
     )
     app = create_app(settings)

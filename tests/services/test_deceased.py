@@ -24,9 +24,9 @@ SERVICES = {
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model, tmp_path_factory):
+def client(card_model, tmp_path_factory):
     # no probability floor, so a living patient surely gets cards
-    return open_app(tiny_model, tmp_path_factory.mktemp("deceased")).test_client()
+    return open_app(card_model, tmp_path_factory.mktemp("deceased")).test_client()
 
 
 def request_with(hook: str, **deceased) -> dict:  # type: ignore[no-untyped-def]

@@ -24,8 +24,8 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model, tmp_path_factory):
-    return open_app(tiny_model, tmp_path_factory.mktemp("words"), max_cards=5)
+def app(card_model, tmp_path_factory):
+    return open_app(card_model, tmp_path_factory.mktemp("words"), max_cards=5)
 
 
 def _quantities(body: dict) -> dict[str, list[tuple[str | None, float]]]:

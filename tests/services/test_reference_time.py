@@ -45,12 +45,12 @@ def test_every_reader_takes_t_from_the_rule(fixed_now):
 
 @pytest.mark.parametrize("name", ["diabetes-adult-2025", "heart-failure-elderly-2019"])
 def test_cli_assess_engine_and_the_patient_view_hook_agree(
-    tiny_model, engine, tmp_path, capsys, fixed_now, name
+    card_model, engine, tmp_path, capsys, fixed_now, name
 ):
     body = json.loads((REQUESTS / f"{name}.patient-view.json").read_text())
     file = tmp_path / "prefetch.json"
     file.write_text(json.dumps(body["prefetch"]))
-    assert main(["assess", str(file), "--model", str(tiny_model), "--json"]) == 0
+    assert main(["assess", str(file), "--model", str(card_model), "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
     assert cli["reference_time"] == FIXED.isoformat()
     by_code = {(c["kind"], c["code"]): c["probability"] for c in cli["diagnoses"] + cli["treatments"]}
@@ -58,7 +58,7 @@ def test_cli_assess_engine_and_the_patient_view_hook_agree(
     assert direct.reference_time == FIXED
     assert {(c.kind, c.code): round(c.probability, 4) for c in direct.considerations} == by_code
 
-    app = open_app(tiny_model, tmp_path / "svc", max_cards=20)
+    app = open_app(card_model, tmp_path / "svc", max_cards=20)
     client = app.test_client()
     store = app.extensions["cds_plugin"].explanation_store
     compared = 0
@@ -76,11 +76,11 @@ def test_cli_assess_engine_and_the_patient_view_hook_agree(
     assert compared > 0
 
 
-def test_cli_says_which_time_it_assessed_at(tiny_model, capsys, fixed_now):
+def test_cli_says_which_time_it_assessed_at(card_model, capsys, fixed_now):
     path = REQUESTS.parent / "patients" / "hypertension-adult-2019.json"
-    assert main(["assess", str(path), "--model", str(tiny_model), "--top", "1"]) == 0
+    assert main(["assess", str(path), "--model", str(card_model), "--top", "1"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "as of 2025-03-01 12:30 UTC (now, as a hook would be" in first and "the data ends 2018-08" in first
-    assert main(["assess", str(path), "--model", str(tiny_model), "--top", "1", "--as-of", "2018-01-01"]) == 0
+    assert main(["assess", str(path), "--model", str(card_model), "--top", "1", "--as-of", "2018-01-01"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "as of 2018-01-01 23:59 UTC; the data ends" in first

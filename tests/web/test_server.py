@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from tests.helpers.fhir_faults import FaultyFhirServer
 from tests.helpers.live_server import start_server
 
 REQUEST = (
@@ -25,10 +26,10 @@ REQUEST = (
 def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_path):
     server = start_server(
         tmp_path,
+        # the first call waits on a slow FHIR server for its missing prefetch keys: time to kill the worker
         env={
             "CDS_PLUGIN_JWT_REQUIRED": "false",
-            # integrated gradients on three cards keep the worker busy for seconds: time to kill it
-            "CDS_PLUGIN_CARD_EXPLANATION_METHOD": "integrated_gradients",
+            "CDS_PLUGIN_FHIR_FETCH_BUDGET_S": "30",
             "CDS_PLUGIN_MIN_CARD_PROBABILITY": "0",
         },
         workers=1,
@@ -38,19 +39,34 @@ def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_pa
         body = json.loads(REQUEST.read_text())
         url = server.base + "/cds-services/diagnosis-considerations"
         outcome: dict[str, object] = {}
+        with FaultyFhirServer(slow_s=8.0) as fhir:
+            slow = {
+                **body,
+                "fhirServer": fhir.base_url.removesuffix("/fhir") + "/fhir/Slow",
+                "fhirAuthorization": {
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "user/*.read",
+                    "subject": "cds-service",
+                },
+            }
 
-        def call() -> None:
-            try:
-                outcome["status"] = requests.post(url, json=body, timeout=120).status_code
-            except requests.RequestException as exc:
-                outcome["error"] = type(exc).__name__
+            def call() -> None:
+                try:
+                    outcome["status"] = requests.post(url, json=slow, timeout=120).status_code
+                except requests.RequestException as exc:
+                    outcome["error"] = type(exc).__name__
 
-        in_flight = threading.Thread(target=call)
-        in_flight.start()
-        time.sleep(1.0)  # the call is being answered (it takes several seconds)
-        assert in_flight.is_alive()
-        os.kill(victim, signal.SIGKILL)
-        in_flight.join(60)
+            in_flight = threading.Thread(target=call)
+            in_flight.start()
+            deadline = time.monotonic() + 10
+            while not any("/Slow/" in p for p in fhir.paths) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any("/Slow/" in p for p in fhir.paths)  # the worker is waiting on the FHIR server
+            assert in_flight.is_alive()
+            os.kill(victim, signal.SIGKILL)
+            in_flight.join(60)
         assert "error" in outcome  # the connection dropped: no half answer, no cards
         deadline = time.monotonic() + 180
         replaced: set[int] = set()
@@ -65,6 +81,6 @@ def test_worker_killed_mid_request_is_replaced_and_the_next_call_succeeds(tmp_pa
             time.sleep(0.5)
         assert replaced and victim not in server.workers()
         resp = requests.post(url, json=body, timeout=120)
-        assert resp.status_code == 200 and len(resp.json()["cards"]) == 3
+        assert resp.status_code == 200 and 1 <= len(resp.json()["cards"]) <= 3
     finally:
         server.stop()
