@@ -26,6 +26,8 @@ class Consideration:
     label_index: int
     codes: tuple[str, ...] = ()  # every member code that means this consideration
     plausible: bool = True  # the patient's sex and age are within the consideration's range
+    #: the documented consideration that rules this one out for the patient (label file `not_with`)
+    ruled_out_by: str | None = None
 
     @property
     def above_threshold(self) -> bool:
@@ -33,8 +35,9 @@ class Consideration:
 
     @property
     def suggested(self) -> bool:
-        """Likely, plausible for this patient and not yet in the record: what a card may propose."""
-        return self.above_threshold and self.plausible and not self.documented
+        """Likely, plausible for this patient, not yet in the record and not ruled out by what is: what a
+        card may propose."""
+        return self.above_threshold and self.plausible and not self.documented and self.ruled_out_by is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class Consideration:
             "threshold": round(self.threshold, 4),
             "documented": self.documented,
             "plausible": self.plausible,
+            "ruled_out_by": self.ruled_out_by,
         }
 
 

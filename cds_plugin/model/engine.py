@@ -109,7 +109,9 @@ class Engine:
         documented = documented_concepts(record, self.labels)
         sex, age = record.patient.sex, record.age
         diagnoses, treatments = [], []
+        documented_ids = {self.labels.labels[i].id: self.labels.labels[i].display for i in documented}
         for i, label in enumerate(self.labels):
+            ruled_out = next((documented_ids[o] for o in label.not_with if o in documented_ids), None)
             c = Consideration(
                 code=label.code,
                 system=label.system,
@@ -121,6 +123,7 @@ class Engine:
                 label_index=i,
                 codes=label.codes,
                 plausible=label.plausible(sex, age),
+                ruled_out_by=ruled_out,
             )
             (diagnoses if label.kind == DIAGNOSIS else treatments).append(c)
         diagnoses.sort(key=lambda c: -c.probability)

@@ -44,6 +44,10 @@ class Label:
     sexes: tuple[str, ...] = SEXES
     min_age: float = 0.0
     max_age: float = 120.0
+    #: ids (`kind:code`) of considerations that, when documented, make this one pointless or unsafe to
+    #: suggest (prediabetes beside documented diabetes; verapamil beside heart failure), and why
+    not_with: tuple[str, ...] = ()
+    not_with_reason: str = ""
 
     @property
     def id(self) -> str:
@@ -68,6 +72,8 @@ class Label:
             "sexes": list(self.sexes),
             "min_age": self.min_age,
             "max_age": self.max_age,
+            "not_with": list(self.not_with),
+            "not_with_reason": self.not_with_reason,
         }
 
     @classmethod
@@ -83,6 +89,8 @@ class Label:
             sexes=tuple(data.get("sexes", SEXES)),
             min_age=float(data.get("min_age", 0.0)),
             max_age=float(data.get("max_age", 120.0)),
+            not_with=tuple(data.get("not_with", ())),
+            not_with_reason=data.get("not_with_reason", ""),
         )
 
 
@@ -223,7 +231,13 @@ class LabelSpace:
                 sexes=sexes,
                 min_age=float(entry.get("min_age", 0)),
                 max_age=float(entry.get("max_age", 120)),
+                not_with=tuple(str(i) for i in entry.get("not_with", ())),
+                not_with_reason=str(entry.get("not_with_reason", "")),
             )
+            if label.not_with and not label.not_with_reason.strip():
+                raise LabelFileError(
+                    f"{path}: consideration {label.display!r}: not_with needs a not_with_reason"
+                )
             if not label.codes:
                 raise LabelFileError(f"{path}: consideration {label.display!r} has no member codes")
             if label.min_age > label.max_age:
@@ -242,6 +256,13 @@ class LabelSpace:
                     reason=entry["reason"],
                 )
             )
+        ids = {label.id for label in labels}
+        for label in labels:
+            unknown = [i for i in label.not_with if i not in ids or i == label.id]
+            if unknown:
+                raise LabelFileError(
+                    f"{path}: consideration {label.display!r}: not_with: no such other {unknown}"
+                )
         space = cls(labels=labels, excluded=excluded)
         both = {key for key in space._member if key in space._excluded}
         if both:

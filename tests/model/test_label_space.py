@@ -126,3 +126,30 @@ def test_cli_labels_prints_the_table():
         check=True,
     )
     assert "Hypertension" in out.stdout and "excluded" in out.stdout
+
+
+def test_not_with_rules_name_other_considerations_and_the_shipped_model_carries_them(tmp_path):
+    ruled = {label.id: label.not_with for label in LABELS if label.not_with}
+    assert ruled["diagnosis:714628002"] == ("diagnosis:44054006",)  # prediabetes beside diabetes
+    assert ruled["treatment:11170"] == ("diagnosis:88805009",)  # verapamil beside heart failure
+    from cds_plugin.model.engine import DEFAULT_MODEL_DIR
+
+    shipped = LabelSpace.from_json(json.loads((DEFAULT_MODEL_DIR / "labels.json").read_text()))
+    assert {label.id: label.not_with for label in shipped if label.not_with} == ruled
+    bad = tmp_path / "labels.toml"
+    text = DEFAULT_LABELS_FILE.read_text()
+    bad.write_text(text.replace('not_with = ["diagnosis:44054006"]', 'not_with = ["diagnosis:1"]', 1))
+    with pytest.raises(LabelFileError, match="not_with"):
+        LabelSpace.from_file(bad)
+
+
+def test_a_documented_consideration_rules_out_the_ones_it_supersedes():
+    """Type 2 diabetes on the problem list: prediabetes is rated but never suggested."""
+    from cds_plugin import Engine
+    from tests.test_fixture_manifest import FIXTURES
+
+    engine = Engine.load()
+    assessment = engine.assess(str(FIXTURES / "patients" / "diabetes-adult-2025.json"))
+    diabetes, prediabetes = assessment.find("diagnosis:44054006"), assessment.find("diagnosis:714628002")
+    assert diabetes.documented
+    assert prediabetes.ruled_out_by == "Type 2 diabetes mellitus" and not prediabetes.suggested

@@ -20,12 +20,12 @@ SECRET = "Patient Jane Q. Example born 1961-04-02"
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model, tmp_path_factory):
+def app(card_model, tmp_path_factory):
     settings = Settings.load(
         environ={},
         data_dir=str(tmp_path_factory.mktemp("fail")),
         jwt_required=False,
-        model_path=str(tiny_model),
+        model_path=str(card_model),
         min_card_probability=0.0,  # three cards when nothing fails
     )
     return create_app(settings)
