@@ -21,17 +21,21 @@ from cds_plugin.population.pipeline import SilentReporter, WorklistConfig, run_w
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITION_MB = 0.5  # the 4 MB corpus export in about 8 partitions
+#: the Ctrl-C test cuts the export finer, so that work is left when its first partition is scored
+SMALL_PARTITION_MB = 0.05
 TOP = 4
 
 
-def config(source: Path, out: Path, model: Path, scheduler: str) -> WorklistConfig:
+def config(
+    source: Path, out: Path, model: Path, scheduler: str, partition_mb: float = PARTITION_MB
+) -> WorklistConfig:
     return WorklistConfig(
         source=str(source),
         out=out,
         scheduler=scheduler,
         explain_top=TOP,
         model=str(model),
-        partition_mb=PARTITION_MB,
+        partition_mb=partition_mb,
         dashboard_address=":0",
     )
 
@@ -185,7 +189,7 @@ def test_ctrl_c_on_the_command_line_then_rerun(
     command = [
         sys.executable, "-m", "cds_plugin.cli", "worklist", str(export_dir), "--out", str(out),
         "--workers", "2", "--model", str(tiny_model), "--explain-top", str(TOP),
-        "--partition-mb", str(PARTITION_MB),
+        "--partition-mb", str(SMALL_PARTITION_MB),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # a session of its own, so the signal goes to every process of it, as a terminal's Ctrl-C does
@@ -212,6 +216,6 @@ def test_ctrl_c_on_the_command_line_then_rerun(
     assert not (out / "worklist.parquet").exists()
     done = json.loads((out / MANIFEST).read_text())["scored"]
     assert done
-    result = run_worklist(config(export_dir, out, tiny_model, shared_cluster))
+    result = run_worklist(config(export_dir, out, tiny_model, shared_cluster, SMALL_PARTITION_MB))
     assert result.partitions_scored == result.partitions - len(done)
     assert_same_worklist(worklist(out), clean[1])
