@@ -286,10 +286,3 @@ class PatientRecord:
         refs = {fact.reference for fact in self.facts()}
         refs.update(m.medication for m in self.medication_requests if m.medication and m.medication[0] != "#")
         return refs
-
-    def as_of(self, when: datetime | date) -> PatientRecord:
-        """Deprecated shim for cds_plugin.model (task.py, engine.py) until it calls
-        `cds_plugin.fhir.as_of.as_of(record, when)`; the lazy import is the last tie back to as_of.py."""
-        from cds_plugin.fhir.as_of import as_of
-
-        return as_of(self, when)

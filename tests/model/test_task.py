@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cds_plugin.fhir.as_of import as_of
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.model.concepts import ingredient_name
 from cds_plugin.model.dataset import bundle_files
@@ -110,7 +111,7 @@ def test_masked_concepts_leave_no_trace(records):
 def test_states_follow_the_definition(records):
     for record, ex in examples_of(records):
         t = ex.reference_time
-        documented_at_t = documented_concepts(record.as_of(t), LABELS)
+        documented_at_t = documented_concepts(as_of(record, t), LABELS)
         first = first_occurrences(record, LABELS)
         for i, state in ex.states.items():
             if state in (KNOWN, POSITIVE_UNDOCUMENTED):
