@@ -193,8 +193,16 @@ def test_ctrl_c_on_the_command_line_then_rerun(
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # a session of its own, so the signal goes to every process of it, as a terminal's Ctrl-C does
+    # and SIGINT at its default, as in a terminal's foreground job: a child inherits an ignored SIGINT,
+    # and earlier tests in this process may have left it ignored (Python then installs no handler)
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
