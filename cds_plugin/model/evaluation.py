@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -280,6 +280,25 @@ def compare(
     return report
 
 
+def _shared_label_gaps(
+    per_group: Sequence[Mapping[str, Mapping[Any, float]]], scorers: Sequence[str]
+) -> tuple[int, dict[str, float | None]]:
+    """`per_group`: for each group, scorer -> {label: AUPRC} of its rated labels. How many labels are rated
+    in every group, and per scorer the largest difference between the groups' mean AUPRC over them."""
+    shared: set[Any] | None = None
+    for group in per_group:
+        for scorer in scorers:
+            shared = set(group[scorer]) if shared is None else shared & set(group[scorer])
+    shared = shared or set()
+    gaps: dict[str, float | None] = {}
+    for scorer in scorers:
+        means = (
+            [float(np.mean([group[scorer][lid] for lid in shared])) for group in per_group] if shared else []
+        )
+        gaps[scorer] = float(max(means) - min(means)) if len(means) > 1 else None
+    return len(shared), gaps
+
+
 def subgroup_gaps(
     report: dict[str, Any], min_examples: int = 30
 ) -> dict[str, dict[str, dict[str, float | int | None]]]:
@@ -303,24 +322,21 @@ def subgroup_gaps(
         for question in QUESTIONS:
             for kind in GROUPS:
                 key = f"{question}/{kind}"
-                row: dict[str, float | int | None] = {}
-                shared: set[str] | None = None
-                for g in groups:
-                    for scorer in report["overall"]:
-                        rated = {
-                            lid
-                            for lid in g[scorer].get("label_auprc", {}).get(question, {})
+                per_group = [
+                    {
+                        scorer: {
+                            lid: v
+                            for lid, v in g[scorer].get("label_auprc", {}).get(question, {}).items()
                             if lid.split(":", 1)[0] == kind
                         }
-                        shared = rated if shared is None else shared & rated
-                row["labels"] = len(shared or ())
+                        for scorer in report["overall"]
+                    }
+                    for g in groups
+                ]
+                n_shared, gaps = _shared_label_gaps(per_group, list(report["overall"]))
+                row: dict[str, float | int | None] = {"labels": n_shared}
                 for scorer in report["overall"]:
-                    means = [
-                        float(np.mean([g[scorer]["label_auprc"][question][lid] for lid in shared]))
-                        for g in groups
-                        if shared
-                    ]
-                    row[scorer] = float(max(means) - min(means)) if len(means) > 1 else None
+                    row[scorer] = gaps[scorer]
                     plain = [
                         g[scorer][key]["macro_auprc"]
                         for g in groups
@@ -349,6 +365,7 @@ def gap_intervals(
     targets: np.ndarray,
     examples: Sequence[Example],
     report: dict[str, Any],
+    label_ids: Sequence[str],
     model: str = "model",
     baseline: str = "logistic_regression",
     resamples: int = 200,
@@ -368,10 +385,7 @@ def gap_intervals(
     ids, inverse = np.unique(patients, return_inverse=True)
     rows_of = [np.flatnonzero(inverse == i) for i in range(len(ids))]
     masks = subgroups(examples)
-    kinds = {
-        kind: [j for j, lid in enumerate(report["label_ids"]) if lid.startswith(f"{kind}:")]
-        for kind in GROUPS
-    }
+    kinds = {kind: [j for j, lid in enumerate(label_ids) if lid.startswith(f"{kind}:")] for kind in GROUPS}
     out: dict[str, dict[str, dict[str, float | int | None]]] = {}
     for dimension, rows in report["gaps"].items():
         names = [
@@ -388,28 +402,24 @@ def gap_intervals(
             diffs = []
             for _ in range(resamples):
                 take = np.concatenate([rows_of[i] for i in rng.integers(0, len(ids), len(ids))])
-                gaps = {}
-                shared = None
-                per_group: dict[str, dict[str, dict[int, float]]] = {}
+                per_group = []
                 for name in names:
                     idx = take[masks[name][take]]
                     y = y_all[idx]
-                    per_group[name] = {}
+                    group = {}
                     for scorer in (model, baseline):
+                        s = scores[scorer][idx]
                         values = {}
                         for j in kinds[kind]:
                             keep = y[:, j] >= 0
                             yj = y[keep, j]
                             if 0 < yj.sum() < len(yj):
-                                values[j] = average_precision(yj, scores[scorer][idx][keep, j])
-                        per_group[name][scorer] = values
-                        shared = set(values) if shared is None else shared & set(values)
-                if not shared:
-                    continue
-                for scorer in (model, baseline):
-                    means = [np.mean([per_group[n][scorer][j] for j in shared]) for n in names]
-                    gaps[scorer] = max(means) - min(means)
-                diffs.append(gaps[model] - gaps[baseline])
+                                values[j] = average_precision(yj, s[keep, j])
+                        group[scorer] = values
+                    per_group.append(group)
+                n_shared, gaps = _shared_label_gaps(per_group, (model, baseline))
+                if n_shared:
+                    diffs.append(gaps[model] - gaps[baseline])
             if not diffs:
                 continue
             d = np.array(diffs)
@@ -506,9 +516,14 @@ def evaluate_model(
     report = compare(scores, targets, eval_examples, labels, sources)
     report["gaps"] = subgroup_gaps(report)
     if "logistic_regression" in scores and gap_resamples:
-        report["label_ids"] = [label.id for label in labels]
         report["gap_intervals"] = gap_intervals(
-            scores, targets, eval_examples, report, resamples=gap_resamples, seed=config.seed
+            scores,
+            targets,
+            eval_examples,
+            report,
+            [label.id for label in labels],
+            resamples=gap_resamples,
+            seed=config.seed,
         )
     report["meta"] = {
         "model_version": engine.version,
