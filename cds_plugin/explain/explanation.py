@@ -32,6 +32,13 @@ class ExplanationError(CdsPluginError):
     code = "invalid"
 
 
+class ExplanationTimeout(ExplanationError):
+    """The method could not finish inside the time budget it was given (`budget_s`); the caller answers
+    with a cheaper method and completes this one later."""
+
+    code = "timeout"
+
+
 @dataclass(frozen=True)
 class ExplainedTarget:
     """The consideration explained: a label of the model."""

@@ -57,11 +57,11 @@ def test_completeness_on_the_planted_model(planted_engine, planted_corpus):
     assert statistics.median(errors) < 0.01
 
 
-def test_recomputes_with_more_steps_when_the_error_is_high(synthea_engine, synthea_assessments):
+def test_refines_the_path_when_the_error_is_high(synthea_engine, synthea_assessments):
     a = synthea_assessments[0]
     c = a.considerations[0]
-    coarse = synthea_engine.explain(a, c, steps=1, max_steps=1)
-    refined = synthea_engine.explain(a, c, steps=1, max_steps=64, recompute_above=1e-6)
+    coarse = synthea_engine.explain(a, c, steps=1, intervals=1, max_steps=1)
+    refined = synthea_engine.explain(a, c, steps=1, intervals=1, max_steps=64, tolerance=1e-6)
     assert refined.settings["steps_used"] > 1
     assert refined.completeness_error <= coarse.completeness_error
     if coarse.completeness_error > 0.05:
