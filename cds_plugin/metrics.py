@@ -38,8 +38,8 @@ from cds_plugin.fhir.unread import REASONS as UNREAD_REASONS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-#: An explanation whose completeness error is above this is flagged (integrated gradients recompute with
-#: more steps above the same 5 %: `recompute_above` in cds_plugin.explain.integrated_gradients).
+#: An explanation whose completeness error is above this is flagged (integrated gradients refine their
+#: path above 1 %: `tolerance` in cds_plugin.explain.integrated_gradients).
 COMPLETENESS_TOLERANCE = 0.05
 
 UNKNOWN = "unknown"
@@ -49,7 +49,7 @@ INDICATORS = ("info", "warning", "critical")
 #: Why a clinical service answered a call without consideration cards.
 NO_CONSIDERATIONS = ("deceased", "no-clinical-facts")
 
-#: Hook call latency, seconds: the target is 500 ms per call; integrated gradients on cards take seconds.
+#: Hook call latency, seconds: the target is 500 ms per call (integrated gradients on the cards included).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 #: Relative completeness error: |sum of scores - (F(x) - F(baseline))| / |F(x) - F(baseline)|.
 COMPLETENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -143,6 +143,13 @@ WITHOUT_CONSIDERATIONS = Counter(
 SNOOZED = Counter(
     "cds_plugin_considerations_snoozed",
     "Considerations not shown because they were overridden for the patient within override_snooze_days",
+    ["service"],
+    registry=REGISTRY,
+)
+CARD_EXPLANATION_FALLBACKS = Counter(
+    "cds_plugin_card_explanation_fallbacks",
+    "Explanation passes of hook calls whose cards carry attention x gradient because integrated gradients "
+    "could not finish inside card_explanation_budget_s",
     ["service"],
     registry=REGISTRY,
 )
@@ -248,6 +255,11 @@ def considerations_snoozed(service: str, n: int) -> None:
     """`n` considerations of one call held back: overridden for this patient lately."""
     if n > 0:
         SNOOZED.labels(service).inc(n)
+
+
+def card_explanation_fallback(service: str) -> None:
+    """A call's cards were explained by the fallback method: the card method overran its budget."""
+    CARD_EXPLANATION_FALLBACKS.labels(_label(service)).inc()
 
 
 def background_explanation(outcome: str) -> None:

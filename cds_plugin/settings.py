@@ -105,7 +105,9 @@ class Settings:
     # HMAC key of the patient pseudonyms kept with issued cards; empty: a random one kept in data_dir
     pseudonym_secret: str = field(default="", repr=False)
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
-    card_explanation_method: str = "attention_gradient"  # on cards; IG follows on the page (docs/cards.md)
+    card_explanation_method: str = "integrated_gradients"  # the attribution on cards (docs/cards.md)
+    # seconds the card attributions of one call may take; past it the cards carry attention x gradient
+    card_explanation_budget_s: float = 0.25
     # integrated gradients queued after responses, per worker; beyond it they are computed when a page opens
     background_max_pending: int = 4
     explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept
@@ -180,6 +182,8 @@ class Settings:
             raise SettingsError(f"{ENV_PREFIX}PSEUDONYM_SECRET: must be at least 16 characters")
         if self.background_max_pending < 0:
             raise SettingsError(f"{ENV_PREFIX}BACKGROUND_MAX_PENDING: must be 0 or more")
+        if self.card_explanation_budget_s <= 0:
+            raise SettingsError(f"{ENV_PREFIX}CARD_EXPLANATION_BUDGET_S: must be positive")
         if self.fhir_fetch_budget_s <= 0:
             raise SettingsError(f"{ENV_PREFIX}FHIR_FETCH_BUDGET_S: must be positive")
         if ":" not in self.bind and not self.bind.startswith("unix:"):

@@ -162,6 +162,7 @@ def detail_markdown(
     explanation: Explanation | None,
     record: PatientRecord | None,
     model_version: str,
+    explanation_note: str | None = None,
 ) -> str:
     lines = []
     if explanation is not None and explanation.evidence:
@@ -180,6 +181,9 @@ def detail_markdown(
         if explanation.completeness_error is not None:
             method += f" (completeness error {explanation.completeness_error:.1%})"
         lines.append(f"Explained by {method}.")
+        if explanation_note:
+            lines.append("")
+            lines.append(_md(explanation_note))
     else:
         lines.append(f"The model rates {_md(consideration.display)} at {consideration.probability:.0%}.")
     lines.append(
@@ -309,6 +313,7 @@ def build_card(
     summary: str | None = None,
     indicator: str | None = None,
     suggest: bool = True,
+    explanation_note: str | None = None,
 ) -> Card:
     links = []
     if view_url:
@@ -321,7 +326,7 @@ def build_card(
     return Card(
         uuid=card_uuid or new_uuid(),
         summary=summary or summary_for(consideration),
-        detail=detail_markdown(consideration, explanation, record, model_version),
+        detail=detail_markdown(consideration, explanation, record, model_version, explanation_note),
         indicator=indicator or indicator_for(consideration.probability),
         source=Source(
             label=source_label,

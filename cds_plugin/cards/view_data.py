@@ -62,6 +62,8 @@ def view_payload(
         "caveat": CAVEAT,
         "consideration": consideration.to_json(),
         "explanations": {name: e.to_json() for name, e in explanations.items()},
+        # the method whose numbers the card showed (the first given): the page says when it is not IG
+        "card_method": next(iter(explanations), None),
         "evidence_rows": [
             {
                 "reference": r.reference,

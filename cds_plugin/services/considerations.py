@@ -3,9 +3,10 @@ order-select (`order-select-review`) and order-sign (`order-sign-review`). Each 
 Engine, the explainers and the card builder.
 
 The Engine is loaded once per worker (the services' `load`), shared by the four services. Cards carry
-the explanation named by `card_explanation_method` (integrated gradients by default); with a cheaper
-method on the card, integrated gradients are computed right after the response and added to the
-explanation page (decided by measurement, docs/explanations.md).
+the explanation named by `card_explanation_method` (integrated gradients by default), one shared pass
+for all the cards of a call, inside `card_explanation_budget_s`: when it cannot finish in time the cards
+are answered with attention x gradient and say so, and integrated gradients are computed right after
+the response and added to the explanation page (as they are when a cheaper method is configured).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 from cds_plugin import metrics
 from cds_plugin.cards.card_builder import build_card, no_facts_card
 from cds_plugin.cards.view_data import view_payload
+from cds_plugin.explain import registry as explain_methods
+from cds_plugin.explain.explanation import ExplanationTimeout
 from cds_plugin.fhir import unread
 from cds_plugin.fhir.prefetch import read_prefetch
 from cds_plugin.fhir.record import PatientRecord
@@ -54,6 +57,26 @@ WARM_UP_PATIENT = {"resourceType": "Patient", "id": "warm-up", "gender": "unknow
 #: A drafted medication rated below this (and below a quarter of its threshold) gets an info card.
 UNLIKELY_DRAFT = 0.05
 SOURCE_LABEL = "cds-plugin considerations (synthetic-data model)"
+#: What cards carry when `card_explanation_method` overruns its budget: label-specific, a few ms.
+FALLBACK_METHOD = "attention_gradient"
+FALLBACK_NOTE = (
+    "Integrated gradients did not finish within this call's time budget: this evidence is from attention "
+    "x gradient rollout; the explanation page adds integrated gradients."
+)
+
+
+class ExplanationBudget:
+    """The time the card attributions of one call may still take, counted from their first use (a call
+    that explains twice, as order review does, shares one budget)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: float | None = None
+
+    def left(self) -> float:
+        if self.started is None:
+            self.started = time.perf_counter()
+        return max(self.seconds - (time.perf_counter() - self.started), 1e-6)
 
 
 @dataclass
@@ -99,11 +122,8 @@ def load_engine() -> Any:
             engine = Engine.load(path or None)
             warm_up()  # shap compiles on its first call
             # the first attribution pays for imports and lazy set-up: pay it here, not in a hook call
-            engine.explain(
-                WARM_UP_PATIENT,
-                engine.labels[0].code,
-                method=environment().settings.card_explanation_method,
-            )
+            for method in dict.fromkeys((environment().settings.card_explanation_method, FALLBACK_METHOD)):
+                engine.explain(WARM_UP_PATIENT, engine.labels[0].code, method=method)
             _engines[path] = engine
             metrics.model_loaded(engine.version)
             log.info("model %s loaded in %.1f s", engine.version, time.perf_counter() - started)
@@ -176,6 +196,7 @@ def _issue_cards(
     assessment: Assessment,
     items: Sequence[Consideration],
     *,
+    budget: ExplanationBudget,
     summaries: dict[str, str] | None = None,
     suggest: bool = True,
     indicator: str | None = None,
@@ -185,8 +206,8 @@ def _issue_cards(
         return []
     env = environment()
     settings = env.settings
-    method = settings.card_explanation_method
-    explanations = engine.explain(assessment, list(items), method=method)
+    method, explanations = _card_explanations(call, engine, assessment, items, budget)
+    note = FALLBACK_NOTE if method != settings.card_explanation_method else None
     for explained in explanations:
         metrics.explanation(explained.method, explained.completeness_error)
     cards = []
@@ -208,9 +229,30 @@ def _issue_cards(
                 summary=(summaries or {}).get(consideration.code),
                 indicator=indicator,
                 suggest=suggest,
+                explanation_note=note,
             )
         )
     return cards
+
+
+def _card_explanations(
+    call: HookCall,
+    engine: Any,
+    assessment: Assessment,
+    items: Sequence[Consideration],
+    budget: ExplanationBudget,
+) -> tuple[str, list[Any]]:
+    """(method, explanations) for the cards: `card_explanation_method` within the call's budget, else
+    the fallback method, counted and logged (no patient data: the service and a fixed word)."""
+    method = environment().settings.card_explanation_method
+    settings = {"budget_s": budget.left()} if "budget_s" in explain_methods.get(method).defaults else {}
+    try:
+        return method, engine.explain(assessment, list(items), method=method, **settings)
+    except ExplanationTimeout:
+        metrics.card_explanation_fallback(call.service.id)
+        call.log_fields["card_explanation"] = "fallback"
+        log.info("%s: %s overran the budget; cards explained by %s", call.service.id, method, FALLBACK_METHOD)
+        return FALLBACK_METHOD, engine.explain(assessment, list(items), method=FALLBACK_METHOD)
 
 
 def _store_view(
@@ -315,8 +357,10 @@ def _considerations_of_kind(call: HookCall, kind: str) -> CDSResponse:
         return withheld
     assessment = engine.assess(record)
     of_kind = assessment.diagnoses if kind == DIAGNOSIS else assessment.treatments
-    items = _suggested(call, of_kind, set(), environment().settings.max_cards, _overridden(call))
-    return CDSResponse(cards=_issue_cards(call, engine, assessment, items))
+    settings = environment().settings
+    items = _suggested(call, of_kind, set(), settings.max_cards, _overridden(call))
+    budget = ExplanationBudget(settings.card_explanation_budget_s)
+    return CDSResponse(cards=_issue_cards(call, engine, assessment, items, budget=budget))
 
 
 def diagnosis_considerations(call: HookCall) -> CDSResponse:
@@ -339,7 +383,9 @@ def order_review(call: HookCall) -> CDSResponse:
         return withheld
     drafted = _drafted(record, engine.labels)
     assessment = engine.assess(record)
-    limit = environment().settings.max_cards
+    settings = environment().settings
+    limit = settings.max_cards
+    budget = ExplanationBudget(settings.card_explanation_budget_s)
     overridden = _overridden(call)
     unusual: list[Consideration] = []
     baseline = None
@@ -358,14 +404,21 @@ def order_review(call: HookCall) -> CDSResponse:
             overridden,
         )[:limit]
     suggested = _suggested(call, assessment.considerations, drafted, limit - len(unusual), overridden)
-    cards = _issue_cards(call, engine, assessment, suggested)
+    cards = _issue_cards(call, engine, assessment, suggested, budget=budget)
     if baseline is not None and unusual:
         summaries = {
             c.code: f"Drafted {c.display[:70]}: unusual for this patient (model p {c.probability:.2f})"
             for c in unusual
         }
         cards += _issue_cards(
-            call, engine, baseline, unusual, summaries=summaries, suggest=False, indicator="info"
+            call,
+            engine,
+            baseline,
+            unusual,
+            budget=budget,
+            summaries=summaries,
+            suggest=False,
+            indicator="info",
         )
     return CDSResponse(cards=cards)
 

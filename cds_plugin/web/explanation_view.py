@@ -695,6 +695,7 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
         gauge=Gauge(consideration.probability, consideration.threshold),
         primary=primary,
         primary_label=METHOD_LABELS.get(primary_name or "", primary_name or ""),
+        card_method_note=_card_method_note(payload, primary_name),
         chart=bar_chart(chart_rows),
         rows=chart_rows,
         completeness=_completeness(primary),
@@ -711,6 +712,20 @@ def _render_page(row: Mapping[str, Any], token: str, status: int = 200, form_err
         expires=_when(expires),
     )
     return Response(html, status=status, mimetype="text/html")
+
+
+def _card_method_note(payload: Mapping[str, Any], primary_name: str | None) -> str:
+    """One line when the card showed another method's numbers than this page leads with."""
+    card_method = payload.get("card_method")
+    if not card_method or card_method == primary_name:
+        return ""
+    shown = METHOD_LABELS.get(card_method, card_method).lower()
+    if primary_name == "integrated_gradients":
+        return (
+            f"The card showed {shown}; integrated gradients, computed after the call, lead this page "
+            "(the card's method is in the comparison below)."
+        )
+    return f"The card showed {shown}."
 
 
 def _when(value: Any) -> str:

@@ -120,31 +120,81 @@ def test_malformed_prefetch_is_400(client):
     assert resp.status_code == 400 and resp.get_json()["resourceType"] == "OperationOutcome"
 
 
-def test_cheaper_card_method_then_integrated_gradients_on_the_page(card_model, tmp_path):
-    """The default: attention x gradient on the card, integrated gradients added to the page after."""
+def _page_explanations(app, card: dict, wanted: set[str], timeout: float = 60) -> dict:
+    """The stored page's explanations once `wanted` are there (the after-response queue fills them)."""
     import time
 
+    entry_id = card["links"][0]["url"].split("/explanations/")[1].split("?")[0]
+    store = app.extensions["cds_plugin"].explanation_store
+    deadline = time.monotonic() + timeout
+    while True:
+        explanations = store.get(entry_id)["payload"]["explanations"]
+        if wanted <= set(explanations) or time.monotonic() > deadline:
+            return explanations
+        time.sleep(0.2)
+
+
+def test_integrated_gradients_on_the_card_by_default(card_model, tmp_path):
     settings = Settings.load(
         environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(card_model)
     )
-    assert settings.card_explanation_method == "attention_gradient"
+    assert settings.card_explanation_method == "integrated_gradients"
     app = create_app(settings)
-    assert considerations._background.wait_idle(120)  # earlier tests' jobs out of the way (bounded queue)
+    before = (
+        metrics.REGISTRY.get_sample_value(
+            "cds_plugin_card_explanation_fallbacks_total", {"service": "diagnosis-considerations"}
+        )
+        or 0.0
+    )
     resp = app.test_client().post(
         "/cds-services/diagnosis-considerations", json=request_of("diabetes-adult-2025.patient-view.json")
     )
-    card = resp.get_json()["cards"][0]
-    assert "attention x gradient rollout" in card["detail"]
-    entry_id = card["links"][0]["url"].split("/explanations/")[1].split("?")[0]
-    store = app.extensions["cds_plugin"].explanation_store
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        payload = store.get(entry_id)["payload"]
-        if "integrated_gradients" in payload["explanations"]:
-            break
-        time.sleep(0.2)
-    assert set(payload["explanations"]) == {"attention_gradient", "integrated_gradients"}
-    assert payload["explanations"]["integrated_gradients"]["completeness_error"] is not None
+    cards = resp.get_json()["cards"]
+    assert len(cards) > 1
+    for card in cards:
+        assert "Explained by integrated gradients (completeness error" in card["detail"]
+        assert considerations.FALLBACK_NOTE not in card["detail"]
+        assert set(_page_explanations(app, card, set(), 0)) == {"integrated_gradients"}
+    after = (
+        metrics.REGISTRY.get_sample_value(
+            "cds_plugin_card_explanation_fallbacks_total", {"service": "diagnosis-considerations"}
+        )
+        or 0.0
+    )
+    assert after == before
+
+
+def test_over_budget_the_cards_fall_back_to_attention_gradient_and_say_so(card_model, tmp_path):
+    """A budget integrated gradients cannot meet: answered with attention x gradient, one line says so,
+    the fallback is counted, and the page gets integrated gradients after the response."""
+    settings = Settings.load(
+        environ={},
+        data_dir=str(tmp_path),
+        jwt_required=False,
+        model_path=str(card_model),
+        card_explanation_budget_s=1e-6,
+    )
+    app = create_app(settings)
+    assert considerations._background.wait_idle(120)  # earlier tests' jobs out of the way (bounded queue)
+
+    def fallbacks() -> float:
+        labels = {"service": "order-sign-review"}
+        return metrics.REGISTRY.get_sample_value("cds_plugin_card_explanation_fallbacks_total", labels) or 0.0
+
+    before = fallbacks()
+    resp = app.test_client().post(
+        "/cds-services/order-sign-review", json=request_of("diabetes-adult-2025.order-sign.json")
+    )
+    assert resp.status_code == 200
+    cards = resp.get_json()["cards"]
+    assert cards
+    for card in cards:
+        assert "Explained by attention x gradient rollout." in card["detail"]
+        assert considerations.FALLBACK_NOTE.split(":")[0] in card["detail"]
+    assert 1 <= fallbacks() - before <= 2  # one per explanation pass of the call (order review has two)
+    explanations = _page_explanations(app, cards[0], {"attention_gradient", "integrated_gradients"})
+    assert set(explanations) == {"attention_gradient", "integrated_gradients"}
+    assert explanations["integrated_gradients"]["completeness_error"] is not None
 
 
 def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_opens(card_model, tmp_path):
@@ -156,6 +206,7 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
         jwt_required=False,
         model_path=str(card_model),
         background_max_pending=0,
+        card_explanation_method="attention_gradient",  # a cheaper method on the card: IG after the call
     )
     app = create_app(settings)
     client = app.test_client()

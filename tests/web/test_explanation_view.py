@@ -114,8 +114,7 @@ def view_app(tiny_model, data_dir):
         data_dir=str(data_dir),
         jwt_required=False,
         model_path=str(tiny_model),
-        card_explanation_method="integrated_gradients",  # the page's IG chart straight from the card
-        shap_max_evals=SHAP_BUDGET,
+        shap_max_evals=SHAP_BUDGET,  # integrated gradients on the card: the default
     )
     return create_app(settings)
 
@@ -214,6 +213,43 @@ def test_page_shows_the_consideration_probability_and_evidence(view_app, client,
         "disagree-with-evidence",
         "patient-preference",
     }
+
+
+def _card_rows(detail: str) -> list[tuple[str, float]]:
+    """(what, contribution) of each evidence row of a card's detail table, as the card prints them."""
+    rows = []
+    for line in detail.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[4][:1] in "▲▼":
+            rows.append((cells[1].replace("\\", ""), float(cells[4].split()[-1])))
+    return rows
+
+
+def _signed(score_text: str) -> float:
+    """'▼ −0.195 (down)' -> -0.195"""
+    return float(score_text.split(" (")[0].strip(" ▲▼").replace("−", "-").replace("±", ""))
+
+
+def test_the_card_and_its_page_show_the_same_integrated_gradients(view_app, client, issued):
+    """The numbers on the card are the page's, stored with the card (not recomputed another way)."""
+    for card in issued:
+        assert "Explained by integrated gradients (completeness error" in card["detail"]
+        path, entry_id, token = link_of(card)
+        page = dom(client.get(path, query_string={"token": token}).get_data(as_text=True))
+        payload = stored(view_app, entry_id)
+        assert payload["card_method"] == "integrated_gradients"
+        assert not page.find_all(id="card-method")  # nothing to reconcile
+        on_card = _card_rows(card["detail"])
+        assert on_card
+        table = page.find(id="evidence-table").find("tbody").find_all("tr")
+        on_page = [
+            (tr.find(class_="ev-what").text(), _signed(tr.find(class_="ev-score").text()))
+            for tr in table[: len(on_card)]
+        ]
+        assert on_card == on_page
+        stored_ig = payload["explanations"]["integrated_gradients"]
+        error = f"completeness error {stored_ig['completeness_error']:.1%}"
+        assert error in card["detail"]
 
 
 def test_security_headers_and_no_outside_assets(client, issued):
