@@ -27,35 +27,20 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hook_latency import DEFAULT_DATA, KEYS, prefetch_of
+from serving import DEFAULT_DATA, KEYS, Caller, percentile, prefetch_of, report, run, start_server
 
 from cds_plugin.model.dataset import bundle_files
 from cds_plugin.sandbox.fhir_store import FhirStore
 from cds_plugin.sandbox.keys import ClientKey
-
-ISSUER = "https://ehr.bench.example"
-SERVICE = "diagnosis-considerations"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def whole_record(path: Path, requested: dict) -> dict:
@@ -73,41 +58,6 @@ def whole_record(path: Path, requested: dict) -> dict:
     return {**requested, "other": bundle}
 
 
-def start_server(data_dir: Path, workers: int, jwks_file: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "CDS_PLUGIN_BIND": f"127.0.0.1:{port}",
-        "CDS_PLUGIN_DATA_DIR": str(data_dir),
-        "CDS_PLUGIN_WORKERS": str(workers),
-        "CDS_PLUGIN_TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks_file": str(jwks_file)}]),
-        "CDS_PLUGIN_LOG_LEVEL": "WARNING",
-        # the worst case: every call carries max_cards (3) cards, each explained, each with a page
-        "CDS_PLUGIN_MIN_CARD_PROBABILITY": "0",
-    }
-    log = open(data_dir / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cds_plugin.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("server exited:\n" + (data_dir / "server.log").read_text()[-3000:])
-        try:
-            if requests.get(base + "/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("server not ready in 120 s")
-
-
 def worker_pids(arbiter: int) -> list[int]:
     children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
     return sorted(int(p) for p in children)
@@ -118,58 +68,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-class Caller:
-    """Posts the same patient-view body with a fresh hookInstance and token; one session per thread."""
-
-    def __init__(self, base: str, body: dict, key: ClientKey) -> None:
-        self.url = f"{base}/cds-services/{SERVICE}"
-        self.body = body
-        self.key = key
-        self.local = threading.local()
-        self.errors: list[str] = []
-        self.cards = 0
-
-    def __call__(self, _i: int = 0) -> float:
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = self.local.session = requests.Session()
-        body = {**self.body, "hookInstance": str(uuid.uuid4())}
-        data = json.dumps(body, separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {self.key.sign(self.url, ISSUER)}",
-        }
-        started = time.perf_counter()
-        resp = session.post(self.url, data=data, headers=headers, timeout=60)
-        elapsed = time.perf_counter() - started
-        if resp.status_code != 200:
-            self.errors.append(f"{resp.status_code} {resp.text[:200]}")
-        else:
-            self.cards = len(resp.json()["cards"])
-        return elapsed * 1000
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def run(caller: Caller, calls: int, concurrency: int) -> tuple[list[float], float]:
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        samples = list(pool.map(caller, range(calls)))
-    return samples, time.perf_counter() - started
-
-
-def report(label: str, samples: list[float], wall: float) -> None:
-    print(
-        f"{label:<16} n {len(samples):5d}   p50 {percentile(samples, 0.5):7.1f} ms   "
-        f"p95 {percentile(samples, 0.95):7.1f} ms   p99 {percentile(samples, 0.99):7.1f} ms   "
-        f"max {max(samples):7.1f} ms   {len(samples) / wall:5.2f} calls/s",
-        flush=True,
-    )
 
 
 def bare_forward_ms(median: Path, repeat: int = 30) -> float:

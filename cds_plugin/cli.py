@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from cds_plugin import __version__
 from cds_plugin.settings import Settings, SettingsError
@@ -276,6 +277,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`METHOD.NAME=VALUE` options -> {method: {name: value}}; the value is read as JSON when it parses
+    (numbers, true/false, null), else kept as text (`integrated_gradients.baseline=zero`)."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise SystemExit(
+                f"--setting {item!r}: expected METHOD.NAME=VALUE, e.g. integrated_gradients.steps=16"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name] = value
+    return out
+
+
 def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
     import json
 
@@ -290,6 +312,7 @@ def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
         limit=args.limit,
         methods=methods,
         targets_per_patient=args.targets,
+        settings=_method_settings(args.setting or []),
         progress=not args.quiet,
         log=logging.getLogger("cds_plugin.explain").info,
     )
@@ -384,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_explanations.add_argument("--limit", type=int, help="validation patients at most")
     evaluate_explanations.add_argument("--methods", help="comma-separated (default: all built-in methods)")
     evaluate_explanations.add_argument("--targets", type=int, default=1, help="top labels per patient")
+    evaluate_explanations.add_argument(
+        "--setting",
+        action="append",
+        metavar="METHOD.NAME=VALUE",
+        help="a method setting, repeatable (e.g. integrated_gradients.baseline=zero)",
+    )
     evaluate_explanations.add_argument("--threads", type=int)
     evaluate_explanations.add_argument("--quiet", action="store_true")
     evaluate_explanations.set_defaults(func=cmd_evaluate_explanations)

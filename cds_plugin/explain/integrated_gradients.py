@@ -3,7 +3,8 @@
 The path runs in the fact-embedding space (the network's post-norm embeddings, one per fact, and the
 presence gate that multiplies each fact's code weight in the bag path) from a baseline to the patient's
 input, with the set of positions and the attention mask kept: `mask` puts the embedding of an empty
-[MASK] fact (no code, value, time or kind) at every position, `zero` the zero vector; the gates go from
+[MASK] fact (no code, value, time or kind) at every position, `pad` the padding fact's, `zero` the zero
+vector; the gates go from
 0 to 1 with the embeddings. The function explained is the target label's calibrated probability,
 sigmoid(logit / temperature), one label at a time (never a softmax across labels), so scores are in
 probability units and add up to F(x) - F(baseline). `mask` is the default: it removed more of the
@@ -60,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "internal_batch_size": 64,
     "budget_s": None,  # seconds; None: no limit
 }
-BASELINES = ("mask", "zero")
+BASELINES = ("mask", "pad", "zero")
 #: A backward pass costs about this many forward passes of the same batch (measured on CPU, used only to
 #: predict a batch's time against `budget_s` before its first backward has been timed).
 BACKWARD_COST = 1.4
@@ -75,14 +76,15 @@ def completeness_error(total: float, f_x: float, f_baseline: float) -> float:
 
 
 def baseline_embeddings(inp: ExplainInput, kind: str) -> torch.Tensor:
-    """The baseline fact embeddings (1, length, hidden): an empty [MASK] fact everywhere, or zeros."""
+    """The baseline fact embeddings (1, length, hidden): an empty [MASK] fact everywhere (`mask`), the
+    padding fact's embedding (`pad`), or zeros (`zero`)."""
     x = inp.embeddings()
     if kind == "zero":
         return torch.zeros_like(x)
-    from cds_plugin.model.facts import MASK
+    from cds_plugin.model.facts import MASK, PAD
 
     network = inp.engine.network
-    ids = torch.full(x.shape[:2], MASK, dtype=torch.long)
+    ids = torch.full(x.shape[:2], MASK if kind == "mask" else PAD, dtype=torch.long)
     zeros = torch.zeros_like(ids)
     with torch.no_grad():
         return network.embed(ids, zeros, zeros, zeros, zeros)

@@ -107,3 +107,19 @@ def test_cli_evaluate_explanations(planted_model, planted_corpus, tmp_path, caps
     report = json.loads(out.read_text())
     assert report["meta"]["methods"] == ["integrated_gradients"]
     assert "bar" in report and "ratio_to_random" in report["bar"]
+    settings = report["meta"]["settings"]["integrated_gradients"]
+    assert settings["baseline"] == "mask"
+
+    zero = tmp_path / "zero.json"
+    options = [
+        "--setting",
+        "integrated_gradients.baseline=zero",
+        "--setting",
+        "integrated_gradients.steps=16",
+    ]
+    common = ["--limit", "2", "--methods", "integrated_gradients", "--quiet"]
+    assert main([*args, *common, *options, "--json", str(zero)]) == 0
+    settings = json.loads(zero.read_text())["meta"]["settings"]["integrated_gradients"]
+    assert settings["baseline"] == "zero" and settings["steps"] == 16
+    with pytest.raises(SystemExit, match="METHOD.NAME=VALUE"):
+        main([*args, *common, "--setting", "baseline=zero"])
