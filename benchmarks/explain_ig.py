@@ -163,7 +163,7 @@ def main() -> int:
         print(
             f"   target {e.target.code:>10}: "
             f"|ours - captum| max {np.abs(ours_scores - captum_scores).max():.1e}, "
-            f"|ours - vmap| max {np.abs(ours_scores - v.double().numpy()).max():.1e}; completeness error "
+            f"|ours - vmap| max {np.abs(ours_scores - v.detach().double().numpy()).max():.1e}; completeness error "
             f"{steps} steps {e.completeness_error:.2%}"
         )
     for e in adapted:

@@ -107,7 +107,7 @@ class Settings:
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
     card_explanation_method: str = "integrated_gradients"  # the attribution on cards (docs/cards.md)
     # seconds the card attributions of one call may take; past it the cards carry attention x gradient
-    card_explanation_budget_s: float = 0.25
+    card_explanation_budget_s: float = 0.3
     # integrated gradients queued after responses, per worker; beyond it they are computed when a page opens
     background_max_pending: int = 4
     explanation_ttl_s: int = 7 * 24 * 3600  # how long explanation pages (patient data) are kept

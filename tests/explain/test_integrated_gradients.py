@@ -135,3 +135,34 @@ def test_bad_settings_are_refused(engine, assessments, settings):
     a = assessments[0]
     with pytest.raises(ExplanationError):
         engine.explain(a, a.considerations[0], **settings)
+
+
+def _timeout_after_first_pass(monkeypatch) -> None:
+    """Every batch after the first pass overruns the budget (as on a slow or busy machine)."""
+    from cds_plugin.explain import integrated_gradients as ig
+
+    original = ig._Path.integrate
+    calls = []
+
+    def integrate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise ExplanationTimeout("over budget")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ig._Path, "integrate", integrate)
+
+
+def test_the_budget_stops_the_refinement_when_the_error_is_acceptable(engine, assessments, monkeypatch):
+    a = assessments[0]
+    first = engine.explain(a, a.considerations[0], max_steps=DEFAULTS["steps"])
+    _timeout_after_first_pass(monkeypatch)
+    kept = engine.explain(a, a.considerations[0], tolerance=1e-9, budget_s=60.0, budget_tolerance=1.0)
+    assert kept.settings["stopped_by_budget"] is True
+    assert kept.settings["steps_used"] == DEFAULTS["steps"]
+    assert kept.completeness_error == pytest.approx(first.completeness_error, abs=1e-9)
+    assert "time budget stopped the refinement" in kept.warnings[0]
+    monkeypatch.undo()
+    _timeout_after_first_pass(monkeypatch)
+    with pytest.raises(ExplanationTimeout):  # an error above budget_tolerance is not accepted
+        engine.explain(a, a.considerations[0], tolerance=1e-9, budget_s=60.0, budget_tolerance=1e-9)
