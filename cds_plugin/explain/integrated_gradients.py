@@ -4,11 +4,11 @@ The path runs in the fact-embedding space (the network's post-norm embeddings, o
 presence gate that multiplies each fact's code weight in the bag path) from a baseline to the patient's
 input, with the set of positions and the attention mask kept: `mask` puts the embedding of an empty
 [MASK] fact (no code, value, time or kind) at every position, `pad` the padding fact's, `zero` the zero
-vector; the gates go from
-0 to 1 with the embeddings. The function explained is the target label's calibrated probability,
-sigmoid(logit / temperature), one label at a time (never a softmax across labels), so scores are in
-probability units and add up to F(x) - F(baseline). `mask` is the default: it removed more of the
-probability per top resource than `zero` (docs/explanations.md, "Baseline").
+vector; the gates go from 0 to 1 with the embeddings. The function explained is the target label's
+calibrated probability, sigmoid(logit / temperature), one label at a time (never a softmax across
+labels), so scores are in probability units and add up to F(x) - F(baseline). `mask` is the default: it
+was the most faithful of the three on validation patients, and `zero` six times costlier
+(docs/explanations.md, "Baseline").
 
 Quadrature: composite Gauss-Legendre, adaptive per target. The model max-pools the attention states,
 so the integrand jumps wherever the argmax of a hidden unit changes along the path: one high-order rule
@@ -18,7 +18,7 @@ known without a reference: on every interval [a, b] the scores must add up to F(
 holds on each piece of the path), and F at the interval ends costs a forward pass without gradient.
 Each round a target whose overall completeness error |sum(scores) - (F(x) - F(baseline))| /
 |F(x) - F(baseline)| is above `tolerance` has its worst intervals halved, until `max_steps` gradient
-evaluations for it; other targets stop there. With one interval and a tolerance of 1 this is plain
+evaluations for it; other targets stop there. With one interval and no refinement this is plain
 Gauss-Legendre, exactly what captum computes with `method="gausslegendre"`.
 
 Several targets share the work: each batch of interpolation points goes forward once and each target
