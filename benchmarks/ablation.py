@@ -16,6 +16,7 @@ and group (docs/model-card.md shows the output). Variants:
 - bag_only: the bag path alone (its fitted regression)
 - no_displays: without MiniLM display embeddings
 - no_concepts: without the consideration embedding of Conditions and MedicationRequests
+- mean_pool: the attention states mean-pooled instead of max-pooled (smooth for integrated gradients)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ VARIANTS = (
     "bag_only",
     "no_displays",
     "no_concepts",
+    "mean_pool",
 )
 
 
@@ -72,6 +74,7 @@ def variant(config: TrainConfig, name: str) -> TrainConfig:
         "bag_only": {"network": dataclasses.replace(network, pooled=False)},
         "no_displays": {"network": dataclasses.replace(network, displays=False)},
         "no_concepts": {"network": dataclasses.replace(network, concepts=False)},
+        "mean_pool": {"network": dataclasses.replace(network, pooling="mean")},
     }[name]
     return dataclasses.replace(config, **changes)
 

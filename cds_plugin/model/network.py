@@ -8,8 +8,8 @@ one), layer-normalized. Two paths give the logits, summed (one per label, sigmoi
 across labels):
 
 - pooled: `num_layers` pre-norm self-attention layers over the facts (no positional embeddings: a
-  record is a set of dated facts, the time bucket says when), the element-wise max over facts, a
-  linear head;
+  record is a set of dated facts, the time bucket says when), the element-wise max over facts
+  (`pooling="mean"`: their mean, smooth along an integrated-gradients path), a linear head;
 - bag: a weight per code and label, summed over the record's distinct codes (a code present counts
   once, however many facts it has; each distinct unseen code adds [UNK]'s weight) plus a bias per
   label. These tables are a logistic regression on code presence, fitted to convergence before the
@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+
+#: How the pooled path reduces its per-fact states: element-wise max, or mean over the real facts.
+POOLINGS = ("max", "mean")
 
 
 class CdsFactsConfig(PretrainedConfig):
@@ -52,6 +55,7 @@ class CdsFactsConfig(PretrainedConfig):
         bag: bool = True,
         display_dim: int = 0,
         n_concepts: int = 0,
+        pooling: str = "max",
         **kwargs,  # type: ignore[no-untyped-def]
     ) -> None:
         super().__init__(**kwargs)
@@ -70,6 +74,9 @@ class CdsFactsConfig(PretrainedConfig):
         self.bag = bag
         self.display_dim = display_dim
         self.n_concepts = n_concepts
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        self.pooling = pooling
 
 
 class FactAttentionLayer(nn.Module):
@@ -231,7 +238,8 @@ class CdsFactsModel(PreTrainedModel):
     ) -> torch.Tensor:
         logits = self.label_bias.expand(embeds.shape[0], -1)
         if self.head is not None and states is not None:
-            logits = logits + self.head(self.embedding_dropout(_max_pool(states, mask)))
+            pool = _mean_pool if self.config.pooling == "mean" else _max_pool
+            logits = logits + self.head(self.embedding_dropout(pool(states, mask)))
         if self.code_weights is not None:
             weights = self.code_weights(bag.codes)
             if gates is not None:
@@ -281,6 +289,11 @@ def bag_weights(index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     counts = torch.zeros(index.shape[0], int(index.max()) + 1 if index.numel() else 1)
     counts.scatter_add_(1, index, real)
     return real / counts.gather(1, index).clamp(min=1.0)
+
+
+def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    real = mask[..., None].to(states.dtype)
+    return (states * real).sum(1) / real.sum(1).clamp(min=1.0)
 
 
 def _max_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

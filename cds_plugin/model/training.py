@@ -50,6 +50,7 @@ class NetworkShape:
     bag: bool = True  # the linear bag-of-facts path (a regression on code presence, fit_linear)
     displays: bool = True  # MiniLM display embeddings added to code embeddings
     concepts: bool = True  # an embedding of the consideration a fact states (the label file's grouping)
+    pooling: str = "max"  # the pooled path's reduction over facts: "max" or "mean" (network.POOLINGS)
 
 
 @dataclass
@@ -405,6 +406,7 @@ def build_model(vocab: FactVocabulary, labels: LabelSpace, shape: NetworkShape) 
         attention=shape.attention,
         pooled=shape.pooled,
         bag=shape.bag,
+        pooling=shape.pooling,
         display_dim=DIM if shape.displays else 0,
         n_concepts=len(labels) + 1 if shape.concepts else 0,
     )
