@@ -89,6 +89,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
+    if args.pooling:
+        import dataclasses
+
+        config.network = dataclasses.replace(config.network, pooling=args.pooling)
     from cds_plugin.errors import CdsPluginError
 
     try:
@@ -348,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrain-epochs", type=int, dest="pretrain_epochs", help="0 skips pretraining")
     train.add_argument("--max-facts", type=int, dest="max_facts", help="facts per record, most recent first")
     train.add_argument("--batch-size", type=int, dest="batch_size")
+    train.add_argument(
+        "--pooling",
+        choices=("max", "mean"),
+        help="the attention states' pooling (default max; docs/model-card.md)",
+    )
     train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -10,10 +10,10 @@ labels), so scores are in probability units and add up to F(x) - F(baseline). `m
 was the most faithful of the three on validation patients, and `zero` six times costlier
 (docs/explanations.md, "Baseline").
 
-Quadrature: composite Gauss-Legendre, adaptive per target. The model max-pools the attention states,
-so the integrand jumps wherever the argmax of a hidden unit changes along the path: one high-order rule
-over [0, 1] converges slowly there (64 nodes still left 9 % of targets above 1 %), while a few nodes on
-each of several intervals, with the intervals that hold the error split, converge fast. The error is
+Quadrature: composite Gauss-Legendre, adaptive per target. The integrand changes abruptly along the
+path (the max-pool's argmax switches, among others), so one high-order rule over [0, 1] converges
+slowly (64 nodes still left 2-9 % of targets above 1 %), while a few nodes on each of several
+intervals, with the intervals that hold the error split, converge fast. The error is
 known without a reference: on every interval [a, b] the scores must add up to F(b) - F(a) (completeness
 holds on each piece of the path), and F at the interval ends costs a forward pass without gradient.
 Each round a target whose overall completeness error |sum(scores) - (F(x) - F(baseline))| /

@@ -125,3 +125,16 @@ def test_broken_model_folder_is_a_clear_error(tmp_path, tiny_model):
     (broken / "labels.json").write_text(json.dumps(labels))
     with pytest.raises(ModelLoadError, match="labels"):
         load_model(broken)
+
+
+def test_cli_trains_with_mean_pooling(corpus, tmp_path, capsys):
+    from cds_plugin.cli import main
+    from cds_plugin.model.network import CdsFactsConfig
+
+    out = tmp_path / "mean"
+    assert (
+        main(["train", "--data", str(corpus), "--out", str(out), "--tiny", "--pooling", "mean", "--quiet"])
+        == 0
+    )
+    assert CdsFactsConfig.from_pretrained(out).pooling == "mean"
+    assert json.loads(capsys.readouterr().out)["model_version"].startswith("cds-plugin-")
