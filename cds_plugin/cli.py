@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "max_facts",
         "batch_size",
         "labels_file",
+        "split_salt",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -352,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrain-epochs", type=int, dest="pretrain_epochs", help="0 skips pretraining")
     train.add_argument("--max-facts", type=int, dest="max_facts", help="facts per record, most recent first")
     train.add_argument("--batch-size", type=int, dest="batch_size")
+    train.add_argument(
+        "--split-salt",
+        dest="split_salt",
+        help="draws another validation split (default: the shipped model's); for repeated validation",
+    )
     train.add_argument(
         "--pooling",
         choices=("max", "mean"),

@@ -166,16 +166,20 @@ def load_corpus_with_files(
     return records, read
 
 
-def is_validation(patient_reference: str, fraction: float, salt: str = "cds-plugin-split-v1") -> bool:
+#: The salt of the shipped model's split; another salt draws another split (repeated validation).
+SPLIT_SALT = "cds-plugin-split-v1"
+
+
+def is_validation(patient_reference: str, fraction: float, salt: str = SPLIT_SALT) -> bool:
     digest = hashlib.sha256(f"{salt}:{patient_reference}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def split_patients(
-    records: Sequence[PatientRecord], val_fraction: float
+    records: Sequence[PatientRecord], val_fraction: float, salt: str = SPLIT_SALT
 ) -> tuple[list[PatientRecord], list[PatientRecord]]:
-    train = [r for r in records if not is_validation(r.reference, val_fraction)]
-    val = [r for r in records if is_validation(r.reference, val_fraction)]
+    train = [r for r in records if not is_validation(r.reference, val_fraction, salt)]
+    val = [r for r in records if is_validation(r.reference, val_fraction, salt)]
     return train, val
 
 

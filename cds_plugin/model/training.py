@@ -24,6 +24,7 @@ from cds_plugin.model.artifacts import save_model
 from cds_plugin.model.batch import collate
 from cds_plugin.model.dataset import (
     IGNORE,
+    SPLIT_SALT,
     Prepared,
     build_situations,
     fixed_masks,
@@ -59,6 +60,7 @@ class TrainConfig:
 
     seed: int = 13
     val_fraction: float = 0.2
+    split_salt: str = SPLIT_SALT  # which patients are validation (by hash); another salt, another split
     per_patient: int = 4  # reference times per patient (fine-tuning and evaluation)
     mask_rate: float = 0.5  # share of documented considerations hidden from the input, drawn per epoch
     max_facts: int = 1024
@@ -447,7 +449,7 @@ def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = T
     records, files = load_corpus_with_files(data_dir, limit=config.limit_patients, progress=progress)
     if len(records) < 2:
         raise ValueError(f"need at least 2 readable patients under {data_dir}, found {len(records)}")
-    train_records, val_records = split_patients(records, config.val_fraction)
+    train_records, val_records = split_patients(records, config.val_fraction, config.split_salt)
     if not val_records:  # tiny corpora: keep the split by patient all the same
         val_records, train_records = train_records[-1:], train_records[:-1]
     train_situations = build_situations(train_records, config.per_patient, config.seed, labels)

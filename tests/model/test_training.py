@@ -46,6 +46,15 @@ def test_split_is_deterministic_and_near_the_fraction():
     assert [is_validation(r, 0.2) for r in refs] == [is_validation(r, 0.2) for r in refs]
 
 
+def test_another_split_salt_draws_another_split_of_the_same_size():
+    refs = [f"Patient/{i}" for i in range(2000)]
+    shipped = {r for r in refs if is_validation(r, 0.2)}
+    other = {r for r in refs if is_validation(r, 0.2, "cds-plugin-split-cv2")}
+    assert 0.17 < len(other) / len(refs) < 0.23
+    assert len(shipped & other) < 0.35 * len(shipped)  # about 20 % overlap, as two random draws
+    assert TrainConfig().split_salt == "cds-plugin-split-v1"  # the shipped model's split is unchanged
+
+
 def test_training_is_reproducible(corpus, tmp_path):
     config = TrainConfig.tiny(limit_patients=8, finetune_epochs=1)
     a = train(corpus, tmp_path / "a", config, progress=False)
