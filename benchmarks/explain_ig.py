@@ -26,7 +26,6 @@ Two parts, one run, one torch thread unless `--threads` says otherwise (a worker
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import statistics
 import sys
@@ -75,11 +74,13 @@ def main() -> int:
     )
     from cds_plugin.model.dataset import bundle_files
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serving import median_patient
+
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model)
     files = bundle_files(args.data)
-    by_size = sorted((len(gzip.open(f).read()), f) for f in files if f.name.endswith(".json.gz"))
-    median = by_size[len(by_size) // 2][1]
+    _, median = median_patient(args.data)
     a = engine.assess(median)
     top3 = a.considerations[:3]
     labels = [c.label_index for c in top3]

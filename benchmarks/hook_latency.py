@@ -18,7 +18,6 @@ in one run:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -26,24 +25,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import DEFAULT_DATA, Caller, percentile, prefetch_of, report, run, start_server
+from serving import (
+    DEFAULT_DATA,
+    Caller,
+    counter,
+    median_patient,
+    percentile,
+    prefetch_of,
+    report,
+    run,
+    start_server,
+)
 
-from cds_plugin.model.dataset import bundle_files
 from cds_plugin.sandbox.keys import ClientKey
-
-
-def counter(base: str, name: str) -> dict[str, float]:
-    """A counter's value by its first label, summed over the workers, from /metrics."""
-    out: dict[str, float] = {}
-    for line in requests.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{"):
-            label = line.split('="', 1)[1].split('"', 1)[0]
-            out[label] = out.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def measure(body: dict, workers: int, calls: int, method: str | None) -> dict:
@@ -85,8 +81,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="also measure attention x gradient on cards")
     args = parser.parse_args()
 
-    by_size = sorted((len(gzip.open(f).read()), f) for f in bundle_files(args.data))
-    record_bytes, median = by_size[len(by_size) // 2]
+    record_bytes, median = median_patient(args.data)
     patient_id, prefetch = prefetch_of(median)
     body = {
         "hook": "patient-view",

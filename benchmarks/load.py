@@ -22,7 +22,6 @@ starts: signing is the EHR's cost). Prints, in one run:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -32,13 +31,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import DEFAULT_DATA, KEYS, Caller, percentile, prefetch_of, report, run, start_server
+from serving import (
+    DEFAULT_DATA,
+    KEYS,
+    Caller,
+    counter,
+    median_patient,
+    percentile,
+    prefetch_of,
+    report,
+    run,
+    start_server,
+)
 
-from cds_plugin.model.dataset import bundle_files
 from cds_plugin.sandbox.fhir_store import FhirStore
 from cds_plugin.sandbox.keys import ClientKey
 
@@ -116,16 +123,6 @@ def soak(arbiter: int, caller: Caller, calls: int, warm_calls: int, chunks: int 
         print(f"workers replaced during the soak (not expected): {len(replaced)}")
 
 
-def background_counts(base: str) -> dict[str, float]:
-    text = requests.get(base + "/metrics", timeout=10).text
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("cds_plugin_background_explanations_total{"):
-            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-            counts[outcome] = counts.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
-    return counts
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,8 +133,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    by_size = sorted((len(gzip.open(f).read()), f) for f in bundle_files(args.data))
-    record_bytes, median = by_size[len(by_size) // 2]
+    record_bytes, median = median_patient(args.data)
     patient_id, requested = prefetch_of(median)
     context = {"userId": "Practitioner/bench", "patientId": patient_id}
     # fhirServer is named but never called: the prefetch is complete
@@ -178,7 +174,8 @@ def main() -> None:
             )
             if args.soak:
                 soak(proc.pid, caller, args.soak, warm_calls=3 * args.calls + 20)
-            print(f"after-response integrated gradients: {background_counts(base)}")
+            background = counter(base, "cds_plugin_background_explanations_total")
+            print(f"after-response integrated gradients: {background}")
             errors = caller.errors
             print(f"errors: {len(errors)}" + (f" e.g. {errors[0]}" if errors else ""))
         finally:

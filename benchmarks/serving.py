@@ -1,11 +1,14 @@
-"""What the serving benchmarks share: the median training patient's prefetch, the production server on
-loopback (gunicorn, JWT required with a pinned ES384 issuer), signed callers and percentiles.
+"""What the serving benchmarks share: the median training patient and its prefetch, the production
+server on loopback (gunicorn, JWT required with a pinned ES384 issuer), signed callers, percentiles and
+the server's counters.
 
-Used by benchmarks/load.py and benchmarks/hook_latency.py; not a benchmark itself.
+Used by benchmarks/load.py, benchmarks/hook_latency.py and benchmarks/explain_ig.py; not a benchmark
+itself.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -35,6 +38,17 @@ KEYS = {
     "Encounter": "encounters",
     "CarePlan": "careplans",
 }
+
+
+def median_patient(data_dir: str | Path) -> tuple[int, Path]:
+    """The training bundle of median size as Synthea wrote it (uncompressed bytes), and that size."""
+    from cds_plugin.model.dataset import bundle_files
+
+    def size(path: Path) -> int:
+        return len(gzip.open(path).read()) if path.name.endswith(".gz") else path.stat().st_size
+
+    by_size = sorted((size(f), f) for f in bundle_files(data_dir))
+    return by_size[len(by_size) // 2]
 
 
 def prefetch_of(path: Path) -> tuple[str, dict]:
@@ -151,3 +165,13 @@ def report(label: str, samples: list[float], wall: float) -> None:
         f"max {max(samples):7.1f} ms   {len(samples) / wall:5.2f} calls/s",
         flush=True,
     )
+
+
+def counter(base: str, name: str) -> dict[str, float]:
+    """A counter's value by its first label, summed over the workers, from /metrics."""
+    out: dict[str, float] = {}
+    for line in requests.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{"):
+            label = line.split('="', 1)[1].split('"', 1)[0]
+            out[label] = out.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
