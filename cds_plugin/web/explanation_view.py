@@ -721,10 +721,7 @@ def _card_method_note(payload: Mapping[str, Any], primary_name: str | None) -> s
         return ""
     shown = METHOD_LABELS.get(card_method, card_method).lower()
     if primary_name == "integrated_gradients":
-        return (
-            f"The card showed {shown}; integrated gradients, computed after the call, lead this page "
-            "(the card's method is in the comparison below)."
-        )
+        return f"The card showed {shown}; integrated gradients, computed after the call, lead this page."
     return f"The card showed {shown}."
 
 
