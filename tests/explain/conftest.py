@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cds_plugin.model.dataset import bundle_files
 from tests.explain.planted import write_corpus
 
 
@@ -20,6 +21,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synthea_assessments(engine, corpus):
+    """The first six patients of the small Synthea corpus, assessed by the session's tiny model."""
+    return engine.assess_many(bundle_files(corpus)[:6])
 
 
 @pytest.fixture(scope="session")

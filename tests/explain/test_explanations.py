@@ -12,7 +12,6 @@ import pytest
 from cds_plugin import explain as X
 from cds_plugin.explain.explanation import ExplanationError
 from cds_plugin.explain.inputs import UnknownTargetError
-from cds_plugin.model.dataset import bundle_files
 from tests.explain.planted import visit_time
 
 
@@ -20,11 +19,6 @@ from tests.explain.planted import visit_time
 def synthea_engine(engine):
     """The session's tiny model trained on a few Synthea patients (tests/conftest.py)."""
     return engine
-
-
-@pytest.fixture(scope="module")
-def synthea_assessments(synthea_engine, corpus):
-    return synthea_engine.assess_many(bundle_files(corpus)[:6])
 
 
 def test_methods_are_listed():

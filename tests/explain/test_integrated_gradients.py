@@ -11,13 +11,7 @@ from torch import nn
 from cds_plugin.explain import prepare
 from cds_plugin.explain.explanation import ExplanationError, ExplanationTimeout
 from cds_plugin.explain.integrated_gradients import DEFAULTS
-from cds_plugin.model.dataset import bundle_files
 from cds_plugin.model.facts import MASK
-
-
-@pytest.fixture(scope="module")
-def assessments(engine, corpus):
-    return engine.assess_many(bundle_files(corpus)[:6])
 
 
 class _Probability(nn.Module):
@@ -62,8 +56,8 @@ def _captum(inp, label: int, steps: int) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore:Multiple layers provided")  # the two layers are independent inputs
-def test_equals_captum_layer_integrated_gradients_for_three_targets_at_once(engine, assessments):
-    a = max(assessments, key=lambda x: len(x.encoded))
+def test_equals_captum_layer_integrated_gradients_for_three_targets_at_once(engine, synthea_assessments):
+    a = max(synthea_assessments, key=lambda x: len(x.encoded))
     top3 = a.considerations[:3]
     steps = 16
     ours = engine.explain(a, top3, steps=steps, intervals=1, max_steps=steps, tolerance=1e3)
@@ -77,9 +71,9 @@ def test_equals_captum_layer_integrated_gradients_for_three_targets_at_once(engi
         assert explanation.settings["steps_used"] == steps
 
 
-def test_adds_steps_only_for_targets_above_the_tolerance(engine, assessments):
+def test_adds_steps_only_for_targets_above_the_tolerance(engine, synthea_assessments):
     refined_some = False
-    for a in assessments:
+    for a in synthea_assessments:
         targets = a.considerations[:3]
         first = engine.explain(a, targets, max_steps=DEFAULTS["steps"])  # the first pass alone
         adaptive = engine.explain(a, targets)
@@ -99,10 +93,10 @@ def test_adds_steps_only_for_targets_above_the_tolerance(engine, assessments):
     assert refined_some, "no target needed refining: the test did not exercise it"
 
 
-def test_scores_add_up_on_every_interval_of_a_fine_rule(engine, assessments):
+def test_scores_add_up_on_every_interval_of_a_fine_rule(engine, synthea_assessments):
     """Completeness holds on each piece of the path, which is what the refinement relies on: the sum
     over intervals equals F(x) - F(baseline) within the reported error."""
-    a = assessments[1]
+    a = synthea_assessments[1]
     e = engine.explain(a, a.considerations[0], tolerance=1e-4, max_steps=512)
     delta = e.f_x - e.f_baseline
     assert abs(sum(f.score for f in e.facts) - delta) <= max(abs(delta), 1e-3) * max(
@@ -112,8 +106,8 @@ def test_scores_add_up_on_every_interval_of_a_fine_rule(engine, assessments):
     assert e.settings["intervals_used"] >= DEFAULTS["intervals"]
 
 
-def test_a_budget_too_small_raises_a_timeout(engine, assessments):
-    a = assessments[0]
+def test_a_budget_too_small_raises_a_timeout(engine, synthea_assessments):
+    a = synthea_assessments[0]
     with pytest.raises(ExplanationTimeout):
         engine.explain(a, a.considerations[:3], budget_s=1e-6)
     assert engine.explain(a, a.considerations[:3], budget_s=60.0)[0].completeness_error is not None
@@ -131,8 +125,8 @@ def test_a_budget_too_small_raises_a_timeout(engine, assessments):
         {"steps": True},
     ],
 )
-def test_bad_settings_are_refused(engine, assessments, settings):
-    a = assessments[0]
+def test_bad_settings_are_refused(engine, synthea_assessments, settings):
+    a = synthea_assessments[0]
     with pytest.raises(ExplanationError):
         engine.explain(a, a.considerations[0], **settings)
 
@@ -153,8 +147,10 @@ def _timeout_after_first_pass(monkeypatch) -> None:
     monkeypatch.setattr(ig._Path, "integrate", integrate)
 
 
-def test_the_budget_stops_the_refinement_when_the_error_is_acceptable(engine, assessments, monkeypatch):
-    a = assessments[0]
+def test_the_budget_stops_the_refinement_when_the_error_is_acceptable(
+    engine, synthea_assessments, monkeypatch
+):
+    a = synthea_assessments[0]
     first = engine.explain(a, a.considerations[0], max_steps=DEFAULTS["steps"])
     _timeout_after_first_pass(monkeypatch)
     kept = engine.explain(a, a.considerations[0], tolerance=1e-9, budget_s=60.0, budget_tolerance=1.0)
