@@ -18,7 +18,8 @@ Two parts, one run, one torch thread unless `--threads` says otherwise (a worker
 2. `--sample` training patients (every n-th bundle, spread over the corpus) x their top 3: the adaptive
    default against fixed 64-node Gauss-Legendre (one interval, no refinement): mean steps per target,
    completeness error (median, p95, max, share above 1 %), and time per patient.
-3. The same patients' patient-view cards as the services would issue them (default settings), each
+3. The same patients' patient-view cards as the services would issue them (default settings: the
+   probability floor and the odds-ratio rule), each
    call's cards one shared pass under budgets of 0.2 s to 1 s: how often the budget fallback fires, the
    time, and the completeness error of the cards explained by integrated gradients.
 """
@@ -214,11 +215,20 @@ def main() -> int:
         (s, items)
         for s in sample
         for of_kind in (s.diagnoses, s.treatments)
-        if (items := [c for c in of_kind if c.suggested and c.probability >= defaults.min_card_probability])
+        if (
+            items := [
+                c
+                for c in of_kind
+                if c.suggested
+                and c.probability >= defaults.min_card_probability
+                and c.odds_ratio >= defaults.min_card_odds_ratio
+            ]
+        )
     ]
     print(
         f"3. the cards a patient-view call would issue for these patients (suggested, p >= "
-        f"{defaults.min_card_probability:.2f}, at most {defaults.max_cards} per service): "
+        f"{defaults.min_card_probability:.2f}, odds ratio >= {defaults.min_card_odds_ratio:g}, at most "
+        f"{defaults.max_cards} per service): "
         f"{len(calls)} calls, each one shared pass under a budget (default "
         f"{defaults.card_explanation_budget_s:g} s):"
     )

@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/hook_latency.py [--calls 100] [--workers 2] [--data DIR] [--compare]
 
 Starts `cds-plugin serve` (gunicorn, `--workers` workers with 1 torch thread each, JWT required with a
-pinned ES384 issuer) on loopback and calls `diagnosis-considerations` for the median training patient
-(by record size), its prefetch exactly what the templates ask for. The probability floor is off, so every
-call carries its full 3 cards, each explained by integrated gradients (the default card method, one
-shared pass, inside the default `card_explanation_budget_s`) and given a page: the worst case. Prints,
-in one run:
+pinned ES384 issuer) on loopback and calls `diagnosis-considerations` for the training patient nearest
+the median record size that gets a card (the median patient's record supports none: its probabilities
+are within a few percent of an empty record's odds), its prefetch exactly what the templates ask for.
+The probability floor is off, so the call carries every card the odds-ratio rule lets through (at most
+3), each explained by integrated gradients (the default card method, one shared pass, inside the default
+`card_explanation_budget_s`) and given a page. Prints, in one run:
 
 - end-to-end p50 / p95 / p99 / max and throughput at concurrency 1 and 4 (`--calls` each), the errors;
 - how often the card attributions fell back to attention x gradient (target 0), from /metrics;
@@ -30,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import (
     DEFAULT_DATA,
     Caller,
+    carded_median_patient,
     counter,
-    median_patient,
     percentile,
     prefetch_of,
     report,
@@ -81,7 +82,7 @@ def main() -> int:
     parser.add_argument("--compare", action="store_true", help="also measure attention x gradient on cards")
     args = parser.parse_args()
 
-    record_bytes, median = median_patient(args.data)
+    record_bytes, median, proposed = carded_median_patient(args.data)
     patient_id, prefetch = prefetch_of(median)
     body = {
         "hook": "patient-view",
@@ -90,7 +91,8 @@ def main() -> int:
         "prefetch": prefetch,
     }
     print(
-        f"median patient by record size {median.name}: record {record_bytes / 1024:.0f} KiB, request body "
+        f"patient nearest the median record size with a card {median.name} ({'; '.join(proposed)}): "
+        f"record {record_bytes / 1024:.0f} KiB, request body "
         f"{len(json.dumps(body)) / 1024:.0f} KiB; gunicorn {args.workers} workers, 1 torch thread each; "
         f"{os.cpu_count()} CPUs",
         flush=True,

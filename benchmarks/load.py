@@ -3,12 +3,13 @@
     .venv/bin/python benchmarks/load.py [--calls 300] [--soak 5000] [--workers 2] [--data DIR]
 
 Starts `cds-plugin serve` (gunicorn, production settings, JWT required with a pinned ES384 issuer) on
-loopback, then calls `diagnosis-considerations` (patient-view) for the median training patient (by
-record size, 906 KiB as Synthea writes it): the prefetch carries the patient's whole record, every
-resource, compact JSON (the resources the templates do not ask for under one extra key the service
-does not read), the worst an over-sending EHR would post. Every call gets three cards (probability
-floor off), each explained and given a page. Each call is signed with a fresh token (before the clock
-starts: signing is the EHR's cost). Prints, in one run:
+loopback, then calls `diagnosis-considerations` (patient-view) for the training patient nearest the
+median record size that gets a card (benchmarks/serving.py): the prefetch carries the patient's whole
+record, every resource, compact JSON (the resources the templates do not ask for under one extra key
+the service does not read), the worst an over-sending EHR would post. Every call gets every card the
+odds-ratio rule lets through (probability floor off, at most three), each explained and given a page.
+Each call is signed with a fresh token (before the clock starts: signing is the EHR's cost). Prints, in
+one run:
 
 - p50 / p95 / p99 / max latency and throughput at concurrency 1 and 4 (`--calls` each), and at
   concurrency 1 with only what the prefetch templates ask for; the errors, which must be none;
@@ -37,8 +38,8 @@ from serving import (
     DEFAULT_DATA,
     KEYS,
     Caller,
+    carded_median_patient,
     counter,
-    median_patient,
     percentile,
     prefetch_of,
     report,
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    record_bytes, median = median_patient(args.data)
+    record_bytes, median, proposed = carded_median_patient(args.data)
     patient_id, requested = prefetch_of(median)
     context = {"userId": "Practitioner/bench", "patientId": patient_id}
     # fhirServer is named but never called: the prefetch is complete
@@ -141,7 +142,8 @@ def main() -> None:
     body = {**base_body, "prefetch": whole_record(median, requested)}
     small = {**base_body, "prefetch": requested}
     print(
-        f"median patient by record size {median.name}: record {record_bytes / 1024:.0f} KiB; request body "
+        f"patient nearest the median record size with a card {median.name} ({'; '.join(proposed)}): "
+        f"record {record_bytes / 1024:.0f} KiB; request body "
         f"{len(json.dumps(body)) / 1024:.0f} KiB with the whole record in the prefetch, "
         f"{len(json.dumps(small)) / 1024:.0f} KiB with what the prefetch templates ask for; "
         f"gunicorn {args.workers} workers, 1 torch thread each; {os.cpu_count()} CPUs",

@@ -1,6 +1,6 @@
-"""What the serving benchmarks share: the median training patient and its prefetch, the production
-server on loopback (gunicorn, JWT required with a pinned ES384 issuer), signed callers, percentiles and
-the server's counters.
+"""What the serving benchmarks share: the median training patient (and the one nearest it with a card),
+its prefetch, the production server on loopback (gunicorn, JWT required with a pinned ES384 issuer),
+signed callers, percentiles and the server's counters.
 
 Used by benchmarks/load.py, benchmarks/hook_latency.py and benchmarks/explain_ig.py; not a benchmark
 itself.
@@ -44,11 +44,35 @@ def median_patient(data_dir: str | Path) -> tuple[int, Path]:
     """The training bundle of median size as Synthea wrote it (uncompressed bytes), and that size."""
     from cds_plugin.model.dataset import bundle_files
 
-    def size(path: Path) -> int:
-        return len(gzip.open(path).read()) if path.name.endswith(".gz") else path.stat().st_size
-
-    by_size = sorted((size(f), f) for f in bundle_files(data_dir))
+    by_size = sorted((_size(f), f) for f in bundle_files(data_dir))
     return by_size[len(by_size) // 2]
+
+
+def _size(path: Path) -> int:
+    return len(gzip.open(path).read()) if path.name.endswith(".gz") else path.stat().st_size
+
+
+def carded_median_patient(data_dir: str | Path, service: str = SERVICE) -> tuple[int, Path, list[str]]:
+    """The training bundle nearest the median size whose call to `service` carries at least one card on
+    the benchmark's server (no probability floor; everything else, the odds-ratio rule included, at its
+    default): its size, its path and what its cards propose. The median patient itself may get no card,
+    and a call without cards measures nothing of their explanations."""
+    from cds_plugin.model.dataset import bundle_files
+    from cds_plugin.model.engine import Engine
+    from cds_plugin.settings import Settings
+
+    settings = Settings.load(environ={})
+    engine = Engine.load(settings.model_path or None)
+    by_size = sorted((_size(f), f) for f in bundle_files(data_dir))
+    middle = len(by_size) // 2
+    for i in sorted(range(len(by_size)), key=lambda i: (abs(i - middle), i)):
+        size, path = by_size[i]
+        assessment = engine.assess(path)
+        of_kind = assessment.diagnoses if service == "diagnosis-considerations" else assessment.treatments
+        cards = [c for c in of_kind if c.suggested and c.odds_ratio >= settings.min_card_odds_ratio]
+        if cards:
+            return size, path, [c.display for c in cards[: settings.max_cards]]
+    raise SystemExit(f"no patient under {data_dir} gets a {service} card")
 
 
 def prefetch_of(path: Path) -> tuple[str, dict]:
@@ -89,7 +113,8 @@ def start_server(
         "CDS_PLUGIN_WORKERS": str(workers),
         "CDS_PLUGIN_TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks_file": str(jwks_file)}]),
         "CDS_PLUGIN_LOG_LEVEL": "WARNING",
-        # the worst case: every call carries max_cards (3) cards, each explained, each with a page
+        # no probability floor: every consideration the odds-ratio rule lets through gets its card (at most
+        # max_cards), each explained and given a page
         "CDS_PLUGIN_MIN_CARD_PROBABILITY": "0",
         **(extra_env or {}),
     }

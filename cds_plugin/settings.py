@@ -105,6 +105,8 @@ class Settings:
     # HMAC key of the patient pseudonyms kept with issued cards; empty: a random one kept in data_dir
     pseudonym_secret: str = field(default="", repr=False)
     min_card_probability: float = 0.10  # no card below this calibrated probability, whatever the threshold
+    # no card unless the patient's record multiplies the odds an empty record gets by at least this much
+    min_card_odds_ratio: float = 2.0
     card_explanation_method: str = "integrated_gradients"  # the attribution on cards (docs/cards.md)
     # seconds the card attributions of one call may take; past it the cards carry attention x gradient
     card_explanation_budget_s: float = 0.3
@@ -182,6 +184,8 @@ class Settings:
             raise SettingsError(f"{ENV_PREFIX}PSEUDONYM_SECRET: must be at least 16 characters")
         if self.background_max_pending < 0:
             raise SettingsError(f"{ENV_PREFIX}BACKGROUND_MAX_PENDING: must be 0 or more")
+        if self.min_card_odds_ratio < 0:
+            raise SettingsError(f"{ENV_PREFIX}MIN_CARD_ODDS_RATIO: must be 0 or more")
         if self.card_explanation_budget_s <= 0:
             raise SettingsError(f"{ENV_PREFIX}CARD_EXPLANATION_BUDGET_S: must be positive")
         if self.fhir_fetch_budget_s <= 0:

@@ -28,10 +28,21 @@ class Consideration:
     plausible: bool = True  # the patient's sex and age are within the consideration's range
     #: the documented consideration that rules this one out for the patient (label file `not_with`)
     ruled_out_by: str | None = None
+    #: the probability of an empty record (every fact an empty [MASK] fact; integrated gradients'
+    #: baseline): what the model says without anything of this patient
+    baseline_probability: float | None = None
 
     @property
     def above_threshold(self) -> bool:
         return self.probability >= self.threshold
+
+    @property
+    def odds_ratio(self) -> float:
+        """How many times the patient's record multiplies the odds of an empty record: 1 means the
+        record adds nothing; a card is only as patient-specific as this is large."""
+        if self.baseline_probability is None:
+            return float("inf")
+        return _odds(self.probability) / _odds(self.baseline_probability)
 
     @property
     def suggested(self) -> bool:
@@ -51,7 +62,15 @@ class Consideration:
             "documented": self.documented,
             "plausible": self.plausible,
             "ruled_out_by": self.ruled_out_by,
+            "baseline_probability": (
+                round(self.baseline_probability, 4) if self.baseline_probability is not None else None
+            ),
         }
+
+
+def _odds(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return p / (1 - p)
 
 
 @dataclass

@@ -28,7 +28,8 @@ from cds_plugin.model.artifacts import LoadedModel, ModelLoadError, load_model
 from cds_plugin.model.assessment import Assessment, Consideration
 from cds_plugin.model.batch import collate
 from cds_plugin.model.concepts import DIAGNOSIS
-from cds_plugin.model.facts import EncodedFacts
+from cds_plugin.model.facts import MASK, EncodedFacts
+from cds_plugin.model.network import BagInputs
 from cds_plugin.model.task import concept_references, documented_concepts
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
@@ -47,6 +48,7 @@ class Engine:
         self.vocab = model.vocab
         self.labels = model.labels
         self.version = model.version
+        self.empty_probabilities = self._empty_probabilities()
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Engine:
@@ -81,6 +83,20 @@ class Engine:
     def logits(self, encoded: Sequence[EncodedFacts]) -> np.ndarray:
         batch = self.batch(encoded)
         return self.network(**batch.embed_args(), mask=batch.mask).numpy()
+
+    @torch.no_grad()
+    def _empty_probabilities(self) -> np.ndarray:
+        """Every label's probability for an empty record: one empty [MASK] fact (no code, value, time or
+        kind; any number of them gives the same) and nothing for the bag path. It is the baseline of
+        integrated gradients, so an explanation's scores add up to the change from it."""
+        ids = torch.full((1, 1), MASK, dtype=torch.long)
+        zeros = torch.zeros_like(ids)
+        embeds = self.network.embed(ids, zeros, zeros, zeros, zeros)
+        bag = BagInputs(zeros, torch.zeros(1, 1))
+        logits = self.network.forward_embeds(
+            embeds, torch.ones(1, 1, dtype=torch.bool), bag, torch.zeros(1, 1)
+        )
+        return self.probabilities(logits.numpy())[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits / self.model.temperature))
@@ -124,6 +140,7 @@ class Engine:
                 codes=label.codes,
                 plausible=label.plausible(sex, age),
                 ruled_out_by=ruled_out,
+                baseline_probability=float(self.empty_probabilities[i]),
             )
             (diagnoses if label.kind == DIAGNOSIS else treatments).append(c)
         diagnoses.sort(key=lambda c: -c.probability)

@@ -340,10 +340,18 @@ def _not_overridden(
 def _suggested(
     call: HookCall, items: Sequence[Consideration], exclude: set[int], limit: int, overridden: set[str]
 ) -> list[Consideration]:
-    """What cards may propose, best first, at most `limit`: likely, above the floor, not excluded and
-    not overridden for this patient lately."""
-    floor = environment().settings.min_card_probability
-    candidates = [c for c in items if c.suggested and c.probability >= floor and c.label_index not in exclude]
+    """What cards may propose, best first, at most `limit`: likely, above the floor, supported by the
+    patient's own record (its odds well above an empty record's), not excluded and not overridden for
+    this patient lately."""
+    settings = environment().settings
+    candidates = [
+        c
+        for c in items
+        if c.suggested
+        and c.probability >= settings.min_card_probability
+        and c.odds_ratio >= settings.min_card_odds_ratio
+        and c.label_index not in exclude
+    ]
     return _not_overridden(call, candidates, overridden)[:limit]
 
 

@@ -162,3 +162,15 @@ def test_the_budget_stops_the_refinement_when_the_error_is_acceptable(
     _timeout_after_first_pass(monkeypatch)
     with pytest.raises(ExplanationTimeout):  # an error above budget_tolerance is not accepted
         engine.explain(a, a.considerations[0], tolerance=1e-9, budget_s=60.0, budget_tolerance=1e-9)
+
+
+def test_the_baseline_is_the_empty_record_whose_odds_cards_compare_with(engine, synthea_assessments):
+    """Cards need the record to raise the odds over an empty record (`Consideration.odds_ratio`); that
+    empty record is integrated gradients' baseline, so a card's scores add up to exactly that change."""
+    assessment = synthea_assessments[0]
+    top = assessment.considerations[:3]
+    for c, e in zip(top, engine.explain(assessment, top), strict=True):
+        assert e.f_baseline == pytest.approx(c.baseline_probability, abs=1e-6)
+        assert e.f_x == pytest.approx(c.probability, abs=1e-6)
+        odds = (c.probability / (1 - c.probability)) / (e.f_baseline / (1 - e.f_baseline))
+        assert c.odds_ratio == pytest.approx(odds, rel=1e-4)

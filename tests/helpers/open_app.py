@@ -1,4 +1,5 @@
-"""The service as the service tests call it: JWT off, no probability floor, no after-response queue."""
+"""The service as the service tests call it: JWT off, no probability or odds-ratio floor, no after-response
+queue."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from flask import Flask
 def open_app(model_path: str | Path, data_dir: str | Path, **overrides: Any) -> Flask:
     """An app on `model_path` keeping its files in `data_dir`; `overrides` are further settings.
 
-    No floor under card probabilities, so a tiny model's cards show; integrated gradients are left to the
-    page (background_max_pending=0), so no background job outlives a test.
+    No floor under card probabilities or odds ratios, so a tiny model's cards show; integrated gradients
+    are left to the page (background_max_pending=0), so no background job outlives a test.
     """
     from cds_plugin.settings import Settings
     from cds_plugin.web.app import create_app
@@ -23,6 +24,7 @@ def open_app(model_path: str | Path, data_dir: str | Path, **overrides: Any) -> 
         jwt_required=False,
         model_path=str(model_path),
         min_card_probability=0.0,
+        min_card_odds_ratio=0.0,
         background_max_pending=0,
         **overrides,
     )

@@ -15,12 +15,17 @@ from cds_plugin.settings import Settings
 from cds_plugin.web.app import create_app
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
+#: The card model tests the cards' form: its thresholds are set by hand and its probabilities barely move
+#: from an empty record's, so the odds-ratio rule (tested on its own below) is off for it.
+FORM_ONLY = {"min_card_odds_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")
 def client(card_model, tmp_path_factory):
     data = tmp_path_factory.mktemp("svc")
-    settings = Settings.load(environ={}, data_dir=str(data), jwt_required=False, model_path=str(card_model))
+    settings = Settings.load(
+        environ={}, data_dir=str(data), jwt_required=False, model_path=str(card_model), **FORM_ONLY
+    )
     app = create_app(settings)
     return app.test_client()
 
@@ -136,7 +141,7 @@ def _page_explanations(app, card: dict, wanted: set[str], timeout: float = 60) -
 
 def test_integrated_gradients_on_the_card_by_default(card_model, tmp_path):
     settings = Settings.load(
-        environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(card_model)
+        environ={}, data_dir=str(tmp_path), jwt_required=False, model_path=str(card_model), **FORM_ONLY
     )
     assert settings.card_explanation_method == "integrated_gradients"
     app = create_app(settings)
@@ -172,6 +177,7 @@ def test_over_budget_the_cards_fall_back_to_attention_gradient_and_say_so(card_m
         data_dir=str(tmp_path),
         jwt_required=False,
         model_path=str(card_model),
+        **FORM_ONLY,
         card_explanation_budget_s=1e-6,
     )
     app = create_app(settings)
@@ -205,6 +211,7 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
         data_dir=str(tmp_path),
         jwt_required=False,
         model_path=str(card_model),
+        **FORM_ONLY,
         background_max_pending=0,
         card_explanation_method="attention_gradient",  # a cheaper method on the card: IG after the call
     )
@@ -235,3 +242,32 @@ def test_integrated_gradients_skipped_under_load_are_computed_when_the_page_open
     assert set(explanations) == {"attention_gradient", "integrated_gradients"}
     assert explanations["integrated_gradients"]["completeness_error"] is not None
     assert count("cds_plugin_explanations_total", method="integrated_gradients") == computed + 1
+
+
+def test_no_card_for_what_the_record_does_not_support(card_model, tmp_path):
+    """A consideration gets a card only when the patient's record multiplies the odds an empty record
+    gets by at least `min_card_odds_ratio`: with the ratio set between the suggested considerations'
+    own odds ratios, exactly those at or above it are carded."""
+    from cds_plugin.model.engine import Engine
+
+    body = request_of("diabetes-adult-2025.patient-view.json")
+    suggested = [c for c in Engine.load(card_model).assess(body["prefetch"]).diagnoses if c.suggested]
+    ratios = sorted({c.odds_ratio for c in suggested})
+    assert len(ratios) >= 2, "the fixture needs considerations with different odds ratios"
+    cut = (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    expected = {c.display for c in suggested if c.odds_ratio >= cut}
+    assert 0 < len(expected) < len(suggested)
+    settings = Settings.load(
+        environ={},
+        data_dir=str(tmp_path),
+        jwt_required=False,
+        model_path=str(card_model),
+        min_card_probability=0.0,
+        min_card_odds_ratio=cut,
+        max_cards=len(suggested),
+        card_explanation_method="attention_gradient",
+    )
+    cards = create_app(settings).test_client().post("/cds-services/diagnosis-considerations", json=body)
+    summaries = [card["summary"] for card in cards.get_json()["cards"]]
+    assert len(summaries) == len(expected)
+    assert all(any(display in s for s in summaries) for display in expected), (summaries, expected)

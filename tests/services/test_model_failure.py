@@ -27,6 +27,7 @@ def app(card_model, tmp_path_factory):
         jwt_required=False,
         model_path=str(card_model),
         min_card_probability=0.0,  # three cards when nothing fails
+        min_card_odds_ratio=0.0,
     )
     return create_app(settings)
 
