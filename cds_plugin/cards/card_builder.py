@@ -60,6 +60,10 @@ class EvidenceRow:
     kind: str = ""
 
 
+#: What the Patient resource's row is called: the model reads the patient's age band and sex from it.
+DEMOGRAPHICS = "Age and sex"
+
+
 class FactIndex:
     """The record's facts by resource reference (a panel's components share one), built once per card."""
 
@@ -79,7 +83,7 @@ class FactIndex:
         fact = facts[0]
         kind = clinical_text.kind_of(resource_type, fact)
         if resource_type == "Patient":
-            return kind, "Age and sex", self._demographics(display), ""
+            return kind, DEMOGRAPHICS, self._demographics(display), ""
         if isinstance(fact, Observation):
             components = [f for f in facts if isinstance(f, Observation) and f.panel is not None]
             if len(components) > 1 or (components and fact.path.startswith("Observation.component")):
@@ -130,6 +134,8 @@ def evidence_rows(explanation: Explanation, record: PatientRecord | None, n: int
 
 
 def _phrase(row: EvidenceRow) -> str:
+    if row.what == DEMOGRAPHICS and row.value:
+        return row.value  # "age 75-79, male", not "Age and sex age 75-79, male"
     parts = [row.what]
     if row.value:
         parts.append(row.value)
