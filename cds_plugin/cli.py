@@ -86,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size",
         "labels_file",
         "split_salt",
+        "fold",
+        "balance_sex",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -158,16 +160,29 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from cds_plugin.model.evaluation import evaluate_model, render_gaps, render_table
+    from cds_plugin.model.evaluation import evaluate_folds, evaluate_model, render_gaps, render_table
 
     _configure_logging("WARNING")
     _torch_threads(args.threads)
     from cds_plugin.errors import CdsPluginError
 
     try:
-        report = evaluate_model(
-            args.model, args.data, split=args.split, progress=not args.quiet, gap_resamples=args.gap_resamples
-        )
+        if len(args.model) > 1:
+            if args.split != "validation":
+                raise ValueError(
+                    "several models are a cross-validation: each is scored on its validation split"
+                )
+            report = evaluate_folds(
+                args.model, args.data, progress=not args.quiet, gap_resamples=args.gap_resamples
+            )
+        else:
+            report = evaluate_model(
+                args.model[0],
+                args.data,
+                split=args.split,
+                progress=not args.quiet,
+                gap_resamples=args.gap_resamples,
+            )
     except (CdsPluginError, ValueError) as exc:
         print(f"cds-plugin evaluate: {exc}", file=sys.stderr)
         return 2
@@ -359,9 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="draws another validation split (default: the shipped model's); for repeated validation",
     )
     train.add_argument(
+        "--fold",
+        type=int,
+        help="validation is fold K of 5 (default 0, the shipped split); train 0-4 for cross-validation",
+    )
+    train.add_argument(
         "--pooling",
         choices=("max", "mean"),
         help="the attention states' pooling (default max; docs/model-card.md)",
+    )
+    train.add_argument(
+        "--balance-sex",
+        action="store_true",
+        default=None,
+        dest="balance_sex",
+        help="weigh each label's positives so both sexes count alike in fine-tuning (docs/model-card.md)",
     )
     train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -377,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     labels.set_defaults(func=cmd_labels)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a model beside prevalence and logistic regression")
-    evaluate.add_argument("--model", required=True, help="model folder")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model folder; given once per fold (`train --fold K`), the folds' validation examples are "
+        "pooled into one cross-validated report",
+    )
     evaluate.add_argument("--data", required=True, help="folder of FHIR bundles and/or NDJSON exports")
     evaluate.add_argument("--split", choices=("validation", "all"), default="validation")
     evaluate.add_argument("--json", help="write the full report here")

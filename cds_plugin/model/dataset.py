@@ -170,16 +170,21 @@ def load_corpus_with_files(
 SPLIT_SALT = "cds-plugin-split-v1"
 
 
-def is_validation(patient_reference: str, fraction: float, salt: str = SPLIT_SALT) -> bool:
+def is_validation(patient_reference: str, fraction: float, salt: str = SPLIT_SALT, fold: int = 0) -> bool:
+    """Whether the patient is in fold `fold`'s validation share: the salted hash, read as a number in
+    [0, 1), falls in [fold * fraction, (fold + 1) * fraction). Fold 0 is the shipped split; folds 0 to
+    1 / fraction - 1 partition the patients (cross-validation: `cds-plugin evaluate` with one model per
+    fold)."""
     digest = hashlib.sha256(f"{salt}:{patient_reference}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return fold * fraction <= u < (fold + 1) * fraction
 
 
 def split_patients(
-    records: Sequence[PatientRecord], val_fraction: float, salt: str = SPLIT_SALT
+    records: Sequence[PatientRecord], val_fraction: float, salt: str = SPLIT_SALT, fold: int = 0
 ) -> tuple[list[PatientRecord], list[PatientRecord]]:
-    train = [r for r in records if not is_validation(r.reference, val_fraction, salt)]
-    val = [r for r in records if is_validation(r.reference, val_fraction, salt)]
+    train = [r for r in records if not is_validation(r.reference, val_fraction, salt, fold)]
+    val = [r for r in records if is_validation(r.reference, val_fraction, salt, fold)]
     return train, val
 
 

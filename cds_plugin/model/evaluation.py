@@ -462,6 +462,88 @@ def source_folders(data_dir: str | Path, records: Sequence[Any], files: Sequence
     return out
 
 
+@dataclass
+class ScoredSplit:
+    """One model's validation examples (or every patient's, `split="all"`), scored by the model and by
+    the baselines learnt from the other patients."""
+
+    examples: list[Example]
+    targets: np.ndarray
+    scores: dict[str, np.ndarray]
+    patients: int
+    baseline_patients: int
+    model_seconds: float
+    labels: LabelSpace
+    model_version: str
+    seed: int
+    validation_patients: frozenset[str]
+
+
+def score_split(model_dir: str | Path, records: Sequence[Any], split: str = "validation") -> ScoredSplit:
+    """The examples a model is evaluated on, with every scorer's probabilities (see `evaluate_model`)."""
+    from cds_plugin.model.engine import Engine
+    from cds_plugin.model.training import TrainConfig, predict_logits
+
+    engine = Engine.load(model_dir)
+    meta = json.loads((Path(model_dir) / "training.json").read_text())
+    config = TrainConfig.from_json(meta.get("config", {}))
+    validation = set(meta.get("validation_patients") or [])
+    if split == "validation":
+        eval_records = [r for r in records if r.reference in validation]
+        base_records = [r for r in records if r.reference not in validation]
+        if not eval_records:
+            raise ValueError(
+                f"none of model {model_dir}'s validation patients is in the data; use split='all'"
+            )
+    else:
+        eval_records, base_records = list(records), []
+    labels = engine.labels
+    _, _, eval_examples, targets = evaluation_data(
+        eval_records, labels, config.per_patient, config.seed + 100, config.mask_rate
+    )
+    started = time.perf_counter()
+    inputs = [engine.encode(e.record)[0] for e in eval_examples]
+    scores = {"model": engine.probabilities(predict_logits(engine.network, inputs))}
+    model_seconds = time.perf_counter() - started
+    if base_records:
+        _, _, base_examples, base_targets = evaluation_data(
+            base_records, labels, config.per_patient, config.seed, config.mask_rate
+        )
+        scores["prevalence"] = prevalence_scores(base_targets, len(eval_examples))
+        scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets, labels).predict(
+            eval_examples
+        )
+    return ScoredSplit(
+        eval_examples,
+        targets,
+        scores,
+        len(eval_records),
+        len(base_records),
+        model_seconds,
+        labels,
+        engine.version,
+        config.seed,
+        frozenset(validation),
+    )
+
+
+def _report(scored: ScoredSplit, sources: dict[str, str], gap_resamples: int) -> dict[str, Any]:
+    labels = scored.labels
+    report = compare(scored.scores, scored.targets, scored.examples, labels, sources)
+    report["gaps"] = subgroup_gaps(report)
+    if "logistic_regression" in scored.scores and gap_resamples:
+        report["gap_intervals"] = gap_intervals(
+            scored.scores,
+            scored.targets,
+            scored.examples,
+            report,
+            [label.id for label in labels],
+            resamples=gap_resamples,
+            seed=scored.seed,
+        )
+    return report
+
+
 def evaluate_model(
     model_dir: str | Path,
     data_dir: str | Path,
@@ -476,64 +558,69 @@ def evaluate_model(
     held-out set); the baselines are then skipped (they would need the training patients).
     """
     from cds_plugin.model.dataset import load_corpus_with_files
-    from cds_plugin.model.engine import Engine
-    from cds_plugin.model.training import TrainConfig, predict_logits
 
-    engine = Engine.load(model_dir)
-    meta = json.loads((Path(model_dir) / "training.json").read_text())
-    config = TrainConfig.from_json(meta.get("config", {}))
     records, files = load_corpus_with_files(data_dir, progress=progress)
-    sources = source_folders(data_dir, records, files)
-    validation = set(meta.get("validation_patients") or [])
-    if split == "validation":
-        eval_records = [r for r in records if r.reference in validation]
-        base_records = [r for r in records if r.reference not in validation]
-        if not eval_records:
-            raise ValueError(f"none of the model's validation patients is under {data_dir}; use split='all'")
-    else:
-        eval_records = records
-        base_records = []
-    labels = engine.labels
-    _, _, eval_examples, targets = evaluation_data(
-        eval_records, labels, config.per_patient, config.seed + 100, config.mask_rate
+    scored = score_split(model_dir, records, split)
+    report = _report(scored, source_folders(data_dir, records, files), gap_resamples)
+    notes = (
+        [] if scored.baseline_patients else ["baselines skipped: no training patients under the data folder"]
     )
-    started = time.perf_counter()
-    inputs = [engine.encode(e.record)[0] for e in eval_examples]
-    probs = engine.probabilities(predict_logits(engine.network, inputs))
-    model_seconds = time.perf_counter() - started
-    scores = {"model": probs}
-    notes = []
-    if base_records:
-        _, _, base_examples, base_targets = evaluation_data(
-            base_records, labels, config.per_patient, config.seed, config.mask_rate
-        )
-        scores["prevalence"] = prevalence_scores(base_targets, len(eval_examples))
-        scores["logistic_regression"] = LogisticBaseline.fit(base_examples, base_targets, labels).predict(
-            eval_examples
-        )
-    else:
-        notes.append("baselines skipped: no training patients under the data folder")
-    report = compare(scores, targets, eval_examples, labels, sources)
-    report["gaps"] = subgroup_gaps(report)
-    if "logistic_regression" in scores and gap_resamples:
-        report["gap_intervals"] = gap_intervals(
-            scores,
-            targets,
-            eval_examples,
-            report,
-            [label.id for label in labels],
-            resamples=gap_resamples,
-            seed=config.seed,
-        )
     report["meta"] = {
-        "model_version": engine.version,
+        "model_version": scored.model_version,
         "split": split,
-        "patients": len(eval_records),
-        "examples": len(eval_examples),
-        "baseline_training_patients": len(base_records),
-        "labels": len(labels),
-        "model_inference_s": round(model_seconds, 3),
+        "patients": scored.patients,
+        "examples": len(scored.examples),
+        "baseline_training_patients": scored.baseline_patients,
+        "labels": len(scored.labels),
+        "model_inference_s": round(scored.model_seconds, 3),
         "notes": notes,
+    }
+    return report
+
+
+def evaluate_folds(
+    model_dirs: Sequence[str | Path], data_dir: str | Path, progress: bool = True, gap_resamples: int = 200
+) -> dict[str, Any]:
+    """Cross-validation: models trained on the folds of one split (`cds-plugin train --fold K`), each
+    scored on its own validation patients with baselines learnt from its own training patients, the
+    examples pooled into one report. Subgroups are then as large as the corpus allows: every patient
+    is rated once, by a model that never saw it (instead of a fifth of them)."""
+    from cds_plugin.model.dataset import load_corpus_with_files
+
+    records, files = load_corpus_with_files(data_dir, progress=progress)
+    parts = [score_split(m, records, "validation") for m in model_dirs]
+    labels = parts[0].labels
+    if any([lab.id for lab in p.labels] != [lab.id for lab in labels] for p in parts[1:]):
+        raise ValueError("the models of a cross-validation must share one label space")
+    seen: set[str] = set()
+    for m, p in zip(model_dirs, parts, strict=True):
+        if p.validation_patients & seen:
+            raise ValueError(f"model {m} shares validation patients with another: train one model per fold")
+        seen |= p.validation_patients
+    scorers = [name for name in parts[0].scores if all(name in p.scores for p in parts)]
+    pooled = ScoredSplit(
+        examples=[e for p in parts for e in p.examples],
+        targets=np.concatenate([p.targets for p in parts]),
+        scores={name: np.concatenate([p.scores[name] for p in parts]) for name in scorers},
+        patients=sum(p.patients for p in parts),
+        baseline_patients=min(p.baseline_patients for p in parts),
+        model_seconds=sum(p.model_seconds for p in parts),
+        labels=labels,
+        model_version=", ".join(p.model_version for p in parts),
+        seed=parts[0].seed,
+        validation_patients=frozenset(seen),
+    )
+    report = _report(pooled, source_folders(data_dir, records, files), gap_resamples)
+    report["meta"] = {
+        "model_version": pooled.model_version,
+        "split": f"cross-validation, {len(parts)} folds pooled",
+        "patients": pooled.patients,
+        "examples": len(pooled.examples),
+        "patients_per_fold": [p.patients for p in parts],
+        "baseline_training_patients": pooled.baseline_patients,
+        "labels": len(labels),
+        "model_inference_s": round(pooled.model_seconds, 3),
+        "notes": [],
     }
     return report
 

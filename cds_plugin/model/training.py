@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 13
     val_fraction: float = 0.2
     split_salt: str = SPLIT_SALT  # which patients are validation (by hash); another salt, another split
+    fold: int = 0  # which val_fraction-wide share of the hash is validation (0: the shipped split)
     per_patient: int = 4  # reference times per patient (fine-tuning and evaluation)
     mask_rate: float = 0.5  # share of documented considerations hidden from the input, drawn per epoch
     max_facts: int = 1024
@@ -80,6 +81,9 @@ class TrainConfig:
     linear_masks: int = 1  # masks drawn per training situation for that regression
     warmup_fraction: float = 0.1
     limit_patients: int | None = None
+    #: fine-tuning weighs each label's positives so that both sexes' positives count alike in total (at
+    #: most `MAX_BALANCE` times up or down); labels with positives of one sex only are left as they are
+    balance_sex: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,14 +136,42 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random |
     return groups
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy over the labels that are questions for this example (targets != IGNORE)."""
+def masked_bce(
+    logits: torch.Tensor, targets: torch.Tensor, positive_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy over the labels that are questions for this example (targets != IGNORE),
+    each positive weighed by `positive_weights` (same shape) when given."""
     keep = targets != IGNORE
     if not keep.any():
         return logits.sum() * 0.0
     positive = (targets > 0).float()
     losses = nn.functional.binary_cross_entropy_with_logits(logits, positive, reduction="none")
+    if positive_weights is not None:
+        losses = losses * torch.where(targets > 0, positive_weights, torch.ones_like(positive_weights))
     return losses[keep].mean()
+
+
+#: The most sex balancing multiplies or divides a positive's weight by.
+MAX_BALANCE = 4.0
+
+
+def sex_balance(train_data: Sequence[Prepared], n_labels: int) -> np.ndarray:
+    """(examples, labels) weights of positives: per label, the female and male positives (documented or
+    new in the training situations) weigh (n_f + n_m) / (2 n_sex) each, within [1/MAX_BALANCE,
+    MAX_BALANCE], so the two sexes' positives weigh about alike in the loss. Why: the model's subgroup
+    gaps between the sexes must not exceed the logistic regression's (docs/model-card.md)."""
+    sexes = np.array([p.situation.sex for p in train_data])
+    positives = np.zeros((len(train_data), n_labels), dtype=bool)
+    for row, p in enumerate(train_data):
+        positives[row, list(p.situation.documented | p.situation.new)] = True
+    weights = np.ones((len(train_data), n_labels), dtype=np.float32)
+    counts = {sex: positives[sexes == sex].sum(0) for sex in ("female", "male")}
+    total = counts["female"] + counts["male"]
+    for sex, n in counts.items():
+        both = (counts["female"] > 0) & (counts["male"] > 0)
+        factor = np.where(both, total / (2 * np.maximum(n, 1)), 1.0).clip(1 / MAX_BALANCE, MAX_BALANCE)
+        weights[sexes == sex] = factor.astype(np.float32)
+    return weights
 
 
 @torch.no_grad()
@@ -228,6 +260,7 @@ def finetune(
     displays = bool(model.config.display_dim)
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
     history = []
+    balance = torch.from_numpy(sex_balance(train_data, n_labels)) if config.balance_sex else None
     if model.code_weights is not None:  # epoch 0: the fitted logistic regression alone
         best["score"] = score(predict_logits(model, val_inputs), val_targets)
         history.append({"epoch": 0, "train_loss": None, "val_score": best["score"]})
@@ -251,7 +284,9 @@ def finetune(
             batch = collate([inputs[i] for i in idx], model.config.n_codes, displays)
             drop = _drop_codes(batch.codes, config.code_dropout if displays else 0.0, generator)
             logits = model(**batch.embed_args(), mask=batch.mask, drop_codes=drop)
-            loss = masked_bce(logits, torch.from_numpy(targets[idx]).long())
+            loss = masked_bce(
+                logits, torch.from_numpy(targets[idx]).long(), balance[idx] if balance is not None else None
+            )
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -449,7 +484,10 @@ def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = T
     records, files = load_corpus_with_files(data_dir, limit=config.limit_patients, progress=progress)
     if len(records) < 2:
         raise ValueError(f"need at least 2 readable patients under {data_dir}, found {len(records)}")
-    train_records, val_records = split_patients(records, config.val_fraction, config.split_salt)
+    folds = round(1 / config.val_fraction)
+    if config.fold and (not 0 <= config.fold < folds or abs(folds * config.val_fraction - 1) > 1e-9):
+        raise ValueError(f"fold must be 0 to {folds - 1} (1 / val_fraction folds of a unit val_fraction)")
+    train_records, val_records = split_patients(records, config.val_fraction, config.split_salt, config.fold)
     if not val_records:  # tiny corpora: keep the split by patient all the same
         val_records, train_records = train_records[-1:], train_records[:-1]
     train_situations = build_situations(train_records, config.per_patient, config.seed, labels)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cds_plugin.model.dataset import NEG, POS_NEW, POS_UNDOC
 from cds_plugin.model.evaluation import (
@@ -115,3 +116,40 @@ def test_cli_evaluate_writes_json(tiny_model, corpus, tmp_path):
     )
     assert "logistic_regression" in result.stdout
     assert json.loads(out.read_text())["meta"]["model_version"]
+
+
+def test_folds_partition_the_patients_and_fold_0_is_the_shipped_split():
+    import hashlib
+
+    from cds_plugin.model.dataset import SPLIT_SALT, is_validation
+
+    refs = [f"Patient/{i}" for i in range(500)]
+    for ref in refs:
+        assert sum(is_validation(ref, 0.2, fold=k) for k in range(5)) == 1
+        u = int.from_bytes(hashlib.sha256(f"{SPLIT_SALT}:{ref}".encode()).digest()[:8], "big") / 2**64
+        assert is_validation(ref, 0.2) == (u < 0.2) == is_validation(ref, 0.2, fold=0)
+
+
+def test_cross_validation_pools_each_fold_s_own_validation_patients(tiny_model, corpus, tmp_path):
+    from cds_plugin.model.evaluation import evaluate_folds
+    from cds_plugin.model.training import TrainConfig, train
+
+    folds = [tiny_model]
+    for k in (1, 2):
+        train(corpus, tmp_path / f"fold{k}", TrainConfig.tiny(fold=k), progress=False)
+        folds.append(tmp_path / f"fold{k}")
+    alone = [evaluate_model(m, corpus, progress=False, gap_resamples=0)["meta"] for m in folds]
+    pooled = evaluate_folds(folds, corpus, progress=False, gap_resamples=20)
+    assert pooled["meta"]["patients_per_fold"] == [m["patients"] for m in alone]
+    assert pooled["meta"]["examples"] == sum(m["examples"] for m in alone)
+    assert set(pooled["overall"]) == {"model", "prevalence", "logistic_regression"}
+    assert set(pooled["gaps"]) == {"sex", "age", "race"}
+    with pytest.raises(ValueError, match="shares validation patients"):
+        evaluate_folds([tiny_model, tiny_model], corpus, progress=False, gap_resamples=0)
+
+
+def test_a_fold_outside_the_split_is_refused(corpus, tmp_path):
+    from cds_plugin.model.training import TrainConfig, train
+
+    with pytest.raises(ValueError, match="fold must be 0 to 4"):
+        train(corpus, tmp_path / "m", TrainConfig.tiny(fold=5), progress=False)

@@ -147,3 +147,43 @@ def test_cli_trains_with_mean_pooling(corpus, tmp_path, capsys):
     )
     assert CdsFactsConfig.from_pretrained(out).pooling == "mean"
     assert json.loads(capsys.readouterr().out)["model_version"].startswith("cds-plugin-")
+
+
+def test_sex_balance_weighs_both_sexes_positives_alike():
+    from types import SimpleNamespace
+
+    from cds_plugin.model.training import MAX_BALANCE, sex_balance
+
+    def example(sex: str, *positive: int):  # type: ignore[no-untyped-def]
+        return SimpleNamespace(
+            situation=SimpleNamespace(sex=sex, documented=frozenset(positive), new=frozenset())
+        )
+
+    # label 0: 3 female and 1 male positives; label 1: women only; label 2: 1 female, 10 male
+    data = [example("female", 0, 1, 2), example("female", 0, 1), example("female", 0)]
+    data += [example("male", 0, 2)] + [example("male", 2) for _ in range(9)] + [example("male")]
+    weights = sex_balance(data, 3)
+    female, male = weights[0], weights[3]
+    assert 3 * female[0] == pytest.approx(1 * male[0]) and female[0] < 1 < male[0]
+    assert female[1] == male[1] == 1.0  # one sex only: nothing to balance
+    assert female[2] == MAX_BALANCE and male[2] == pytest.approx(11 / 20)
+    assert (weights[:3] == female).all() and (weights[3:] == male).all()
+
+
+def test_masked_loss_weighs_positives_only():
+    import torch
+
+    logits = torch.tensor([[0.0, 0.0]])
+    targets = torch.tensor([[1, 0]])
+    plain = masked_bce(logits, targets).item()
+    weighted = masked_bce(logits, targets, torch.tensor([[3.0, 3.0]])).item()
+    assert weighted == pytest.approx(plain * (3 + 1) / 2)  # the negative keeps weight 1
+
+
+def test_cli_trains_sex_balanced(corpus, tmp_path):
+    from cds_plugin.cli import main
+
+    out = tmp_path / "balanced"
+    args = ["train", "--data", str(corpus), "--out", str(out), "--tiny", "--balance-sex", "--quiet"]
+    assert main(args) == 0
+    assert json.loads((out / "training.json").read_text())["config"]["balance_sex"] is True
