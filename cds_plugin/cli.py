@@ -160,7 +160,13 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from cds_plugin.model.evaluation import evaluate_folds, evaluate_model, render_gaps, render_table
+    from cds_plugin.model.evaluation import (
+        evaluate_folds,
+        evaluate_model,
+        render_folds,
+        render_gaps,
+        render_table,
+    )
 
     _configure_logging("WARNING")
     _torch_threads(args.threads)
@@ -188,6 +194,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     print(render_table(report))
     print()
+    if "folds" in report:
+        print(render_folds(report))
+        print()
     print(render_gaps(report))
     print(json.dumps(report["meta"], indent=2))
     if args.json:

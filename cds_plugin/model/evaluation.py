@@ -611,6 +611,22 @@ def evaluate_folds(
         validation_patients=frozenset(seen),
     )
     report = _report(pooled, source_folders(data_dir, records, files), gap_resamples)
+    # each fold on its own too: pooled AUPRC mixes five models' score scales, the per-fold mean does not
+    report["folds"] = [
+        {
+            "model_version": p.model_version,
+            "patients": p.patients,
+            **{
+                name: {
+                    key: {m: row[m] for m in ("macro_auroc", "macro_auprc")}
+                    for key, row in summarize(p.scores[name], p.targets, labels).items()
+                    if not key.endswith("per_label")
+                }
+                for name in scorers
+            },
+        }
+        for p in parts
+    ]
     report["meta"] = {
         "model_version": pooled.model_version,
         "split": f"cross-validation, {len(parts)} folds pooled",
@@ -670,4 +686,26 @@ def render_gaps(report: dict[str, Any]) -> str:
                     f"{dimension + ' ' + question:<34}{v['difference']:+.3f} {interval}"
                     f"  model's larger in {v['model_gap_larger']:.0%} of {v['resamples']}"
                 )
+    return "\n".join(lines)
+
+
+def render_folds(report: dict[str, Any]) -> str:
+    """A cross-validation's folds one by one: macro AUPRC of the model and logistic regression for
+    undocumented diagnoses and treatments, and their mean over the folds."""
+    keys = [f"undocumented/{g}" for g in GROUPS]
+    lines = [f"{'fold':<6}{'patients':>9}" + "".join(f"{k + ' model vs LR':>40}" for k in keys)]
+    margins: dict[str, list[float]] = {k: [] for k in keys}
+    for n, fold in enumerate(report.get("folds", [])):
+        cells = ""
+        for k in keys:
+            model = fold["model"][k]["macro_auprc"]
+            lr = fold.get("logistic_regression", {}).get(k, {}).get("macro_auprc")
+            if model is None or lr is None:
+                cells += f"{'-':>40}"
+                continue
+            margins[k].append(model - lr)
+            cells += f"{f'{model:.3f} vs {lr:.3f} ({model - lr:+.3f})':>40}"
+        lines.append(f"{n:<6}{fold['patients']:>9}" + cells)
+    mean = "".join(f"{(f'{np.mean(v):+.3f}' if v else '-'):>40}" for v in margins.values())
+    lines.append(f"{'mean margin':<15}" + mean)
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def test_folds_partition_the_patients_and_fold_0_is_the_shipped_split():
 
 
 def test_cross_validation_pools_each_fold_s_own_validation_patients(tiny_model, corpus, tmp_path):
-    from cds_plugin.model.evaluation import evaluate_folds
+    from cds_plugin.model.evaluation import evaluate_folds, render_folds
     from cds_plugin.model.training import TrainConfig, train
 
     folds = [tiny_model]
@@ -144,6 +144,9 @@ def test_cross_validation_pools_each_fold_s_own_validation_patients(tiny_model, 
     assert pooled["meta"]["examples"] == sum(m["examples"] for m in alone)
     assert set(pooled["overall"]) == {"model", "prevalence", "logistic_regression"}
     assert set(pooled["gaps"]) == {"sex", "age", "race"}
+    assert [f["patients"] for f in pooled["folds"]] == pooled["meta"]["patients_per_fold"]
+    assert set(pooled["folds"][0]) >= {"model", "logistic_regression"}
+    assert "mean margin" in render_folds(pooled)
     with pytest.raises(ValueError, match="shares validation patients"):
         evaluate_folds([tiny_model, tiny_model], corpus, progress=False, gap_resamples=0)
 
