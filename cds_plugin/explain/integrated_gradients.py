@@ -286,6 +286,15 @@ def attribute(
     return [targets[label] for label in labels], value[1.0], value[0.0], rounds, False
 
 
+def unfinished_because(target: _Target, settings: Mapping[str, Any], stopped_by_budget: bool) -> str:
+    """Why a target's error is still above the tolerance: it had no room for another halving within
+    `max_steps`, or the time budget stopped the call's refinement before it could use that room."""
+    nodes = settings["steps"] // settings["intervals"]
+    if not stopped_by_budget or (settings["max_steps"] - target.steps_used) // (2 * nodes) <= 0:
+        return "max_steps reached"
+    return "the time budget stopped the refinement"
+
+
 def _worst(target: _Target, value: Mapping[float, np.ndarray], room: int) -> list[Interval]:
     """The intervals holding most of the target's error: largest local completeness error first, until
     half of the total local error is covered (at most `room` of them)."""
@@ -321,7 +330,7 @@ def integrated_gradients(
     for target, state in zip(targets, states, strict=True):
         warnings = []
         if state.error > settings["tolerance"]:
-            why = "the time budget stopped the refinement" if stopped else "max_steps reached"
+            why = unfinished_because(state, settings, stopped)
             warnings.append(
                 f"completeness error {state.error:.1%} is above {settings['tolerance']:.0%} after "
                 f"{state.steps_used} steps ({why}): the scores do not add up to the change in probability"

@@ -174,3 +174,15 @@ def test_the_baseline_is_the_empty_record_whose_odds_cards_compare_with(engine, 
         assert e.f_x == pytest.approx(c.probability, abs=1e-6)
         odds = (c.probability / (1 - c.probability)) / (e.f_baseline / (1 - e.f_baseline))
         assert c.odds_ratio == pytest.approx(odds, rel=1e-4)
+
+
+def test_a_target_out_of_steps_says_so_even_when_the_budget_stopped_the_others():
+    from cds_plugin.explain.integrated_gradients import _Target, unfinished_because
+
+    settings = {**DEFAULTS, "steps": 8, "intervals": 4, "max_steps": 16}
+    out_of_steps, with_room = _Target(0, steps_used=16), _Target(1, steps_used=12)
+    assert unfinished_because(out_of_steps, settings, stopped_by_budget=True) == "max_steps reached"
+    assert unfinished_because(with_room, settings, stopped_by_budget=True) == (
+        "the time budget stopped the refinement"
+    )
+    assert unfinished_because(with_room, settings, stopped_by_budget=False) == "max_steps reached"
