@@ -158,6 +158,25 @@ def rationale(consideration: Consideration, rows: Sequence[EvidenceRow], additiv
     return sentence + "."
 
 
+def change_sentence(explanation: Explanation, rows: Sequence[EvidenceRow]) -> str | None:
+    """What additive contributions add up to, so a reader takes them as shares of one change: from the
+    method's baseline (for integrated gradients from empty facts: an empty record) to the patient's
+    probability. When they cancel, one contribution can exceed that change, even 1, which would read as
+    an impossible change in probability: the sentence says so."""
+    if explanation.f_x is None or explanation.f_baseline is None:
+        return None
+    empty = explanation.method == "integrated_gradients" and explanation.settings.get("baseline") == "mask"
+    start = "an empty record's" if empty else "the baseline's"
+    change = explanation.f_x - explanation.f_baseline
+    sentence = (
+        f"The contributions add up to the change from {start} {explanation.f_baseline:.2f} to this "
+        f"record's {explanation.f_x:.2f}"
+    )
+    if any(abs(r.score) > abs(change) for r in rows):
+        sentence += "; they partly cancel, so one alone can exceed that change"
+    return sentence + "."
+
+
 def _md(text: str) -> str:
     """Escape table-breaking characters of patient-derived text."""
     return text.replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
@@ -187,6 +206,9 @@ def detail_markdown(
         if explanation.completeness_error is not None:
             method += f" (completeness error {explanation.completeness_error:.1%})"
         lines.append(f"Explained by {method}.")
+        frame = change_sentence(explanation, rows) if additive else None
+        if frame:
+            lines.append(frame)
         if explanation_note:
             lines.append("")
             lines.append(_md(explanation_note))
