@@ -2,9 +2,10 @@
 
     python benchmarks/explain_ig.py [--model DIR] [--data DIR] [--sample 40] [--repeats 5] [--threads 1]
 
-Two parts, one run, one torch thread unless `--threads` says otherwise (a worker's setting):
+Three parts, one run, one torch thread unless `--threads` says otherwise (a worker's setting):
 
-1. The median training patient (by record size, the patient of benchmarks/hook_latency.py), its top 3
+1. The median training patient (by record size; hook_latency.py calls for the one nearest it with a
+   card, as the median patient's record supports none), its top 3
    considerations, times as medians over `--repeats` runs after a warm-up, each divided by one forward
    pass of the same input:
    - shared pass, fixed steps: `engine.explain(assessment, top3)` with one interval of `--steps` nodes
