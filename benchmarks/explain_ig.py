@@ -209,6 +209,7 @@ def main() -> int:
     print(f"   adaptive mean steps / fixed 64: {ratio:.2f} (target at most 0.33)")
 
     from cds_plugin.explain.explanation import ExplanationTimeout
+    from cds_plugin.services.considerations import card_worthy
     from cds_plugin.settings import Settings
 
     defaults = Settings.load(environ={})
@@ -216,15 +217,7 @@ def main() -> int:
         (s, items)
         for s in sample
         for of_kind in (s.diagnoses, s.treatments)
-        if (
-            items := [
-                c
-                for c in of_kind
-                if c.suggested
-                and c.probability >= defaults.min_card_probability
-                and c.odds_ratio >= defaults.min_card_odds_ratio
-            ]
-        )
+        if (items := [c for c in of_kind if card_worthy(c, defaults)])
     ]
     print(
         f"3. the cards a patient-view call would issue for these patients (suggested, p >= "

@@ -32,6 +32,7 @@ from serving import (
     DEFAULT_DATA,
     Caller,
     carded_median_patient,
+    carded_patient_line,
     counter,
     percentile,
     prefetch_of,
@@ -91,8 +92,7 @@ def main() -> int:
         "prefetch": prefetch,
     }
     print(
-        f"patient nearest the median record size with a card {median.name} ({'; '.join(proposed)}): "
-        f"record {record_bytes / 1024:.0f} KiB, request body "
+        f"{carded_patient_line(record_bytes, median, proposed)}, request body "
         f"{len(json.dumps(body)) / 1024:.0f} KiB; gunicorn {args.workers} workers, 1 torch thread each; "
         f"{os.cpu_count()} CPUs",
         flush=True,

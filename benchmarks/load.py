@@ -39,6 +39,7 @@ from serving import (
     KEYS,
     Caller,
     carded_median_patient,
+    carded_patient_line,
     counter,
     percentile,
     prefetch_of,
@@ -142,8 +143,7 @@ def main() -> None:
     body = {**base_body, "prefetch": whole_record(median, requested)}
     small = {**base_body, "prefetch": requested}
     print(
-        f"patient nearest the median record size with a card {median.name} ({'; '.join(proposed)}): "
-        f"record {record_bytes / 1024:.0f} KiB; request body "
+        f"{carded_patient_line(record_bytes, median, proposed)}; request body "
         f"{len(json.dumps(body)) / 1024:.0f} KiB with the whole record in the prefetch, "
         f"{len(json.dumps(small)) / 1024:.0f} KiB with what the prefetch templates ask for; "
         f"gunicorn {args.workers} workers, 1 torch thread each; {os.cpu_count()} CPUs",

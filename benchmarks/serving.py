@@ -40,6 +40,11 @@ KEYS = {
 }
 
 
+#: How the benchmark server chooses cards: no probability floor, so every consideration the odds-ratio
+#: rule lets through gets its card (at most max_cards), each explained and given a page.
+CARD_SETTINGS = {"CDS_PLUGIN_MIN_CARD_PROBABILITY": "0"}
+
+
 def median_patient(data_dir: str | Path) -> tuple[int, Path]:
     """The training bundle of median size as Synthea wrote it (uncompressed bytes), and that size."""
     from cds_plugin.model.dataset import bundle_files
@@ -54,14 +59,15 @@ def _size(path: Path) -> int:
 
 def carded_median_patient(data_dir: str | Path, service: str = SERVICE) -> tuple[int, Path, list[str]]:
     """The training bundle nearest the median size whose call to `service` carries at least one card on
-    the benchmark's server (no probability floor; everything else, the odds-ratio rule included, at its
-    default): its size, its path and what its cards propose. The median patient itself may get no card,
+    the benchmark's server (`CARD_SETTINGS`, the services' own rule `card_worthy`): its size, its path
+    and what its cards propose. The median patient itself may get no card,
     and a call without cards measures nothing of their explanations."""
     from cds_plugin.model.dataset import bundle_files
     from cds_plugin.model.engine import Engine
+    from cds_plugin.services.considerations import card_worthy
     from cds_plugin.settings import Settings
 
-    settings = Settings.load(environ={})
+    settings = Settings.load(environ=CARD_SETTINGS)
     engine = Engine.load(settings.model_path or None)
     by_size = sorted((_size(f), f) for f in bundle_files(data_dir))
     middle = len(by_size) // 2
@@ -69,10 +75,18 @@ def carded_median_patient(data_dir: str | Path, service: str = SERVICE) -> tuple
         size, path = by_size[i]
         assessment = engine.assess(path)
         of_kind = assessment.diagnoses if service == "diagnosis-considerations" else assessment.treatments
-        cards = [c for c in of_kind if c.suggested and c.odds_ratio >= settings.min_card_odds_ratio]
+        cards = [c for c in of_kind if card_worthy(c, settings)]
         if cards:
             return size, path, [c.display for c in cards[: settings.max_cards]]
     raise SystemExit(f"no patient under {data_dir} gets a {service} card")
+
+
+def carded_patient_line(size: int, path: Path, proposed: list[str]) -> str:
+    """How a benchmark names the patient `carded_median_patient` chose."""
+    return (
+        f"patient nearest the median record size with a card {path.name} ({'; '.join(proposed)}): "
+        f"record {size / 1024:.0f} KiB"
+    )
 
 
 def prefetch_of(path: Path) -> tuple[str, dict]:
@@ -113,9 +127,7 @@ def start_server(
         "CDS_PLUGIN_WORKERS": str(workers),
         "CDS_PLUGIN_TRUSTED_ISSUERS": json.dumps([{"iss": ISSUER, "jwks_file": str(jwks_file)}]),
         "CDS_PLUGIN_LOG_LEVEL": "WARNING",
-        # no probability floor: every consideration the odds-ratio rule lets through gets its card (at most
-        # max_cards), each explained and given a page
-        "CDS_PLUGIN_MIN_CARD_PROBABILITY": "0",
+        **CARD_SETTINGS,
         **(extra_env or {}),
     }
     log = open(data_dir / "server.log", "wb")

@@ -337,21 +337,25 @@ def _not_overridden(
     return kept
 
 
+def card_worthy(c: Consideration, settings: Settings) -> bool:
+    """Whether a card may propose `c`: likely, plausible and not yet documented (`suggested`), at or
+    above the probability floor, and supported by the patient's own record (its odds at least
+    `min_card_odds_ratio` times an empty record's). The benchmarks ask this too, so they measure the
+    cards the services issue."""
+    return (
+        c.suggested
+        and c.probability >= settings.min_card_probability
+        and c.odds_ratio >= settings.min_card_odds_ratio
+    )
+
+
 def _suggested(
     call: HookCall, items: Sequence[Consideration], exclude: set[int], limit: int, overridden: set[str]
 ) -> list[Consideration]:
-    """What cards may propose, best first, at most `limit`: likely, above the floor, supported by the
-    patient's own record (its odds well above an empty record's), not excluded and not overridden for
-    this patient lately."""
+    """What cards may propose (`card_worthy`), best first, at most `limit`: not excluded and not
+    overridden for this patient lately."""
     settings = environment().settings
-    candidates = [
-        c
-        for c in items
-        if c.suggested
-        and c.probability >= settings.min_card_probability
-        and c.odds_ratio >= settings.min_card_odds_ratio
-        and c.label_index not in exclude
-    ]
+    candidates = [c for c in items if card_worthy(c, settings) and c.label_index not in exclude]
     return _not_overridden(call, candidates, overridden)[:limit]
 
 
