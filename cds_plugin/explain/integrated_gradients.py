@@ -85,11 +85,8 @@ def baseline_embeddings(inp: ExplainInput, kind: str) -> torch.Tensor:
         return torch.zeros_like(x)
     from cds_plugin.model.facts import MASK, PAD
 
-    network = inp.engine.network
-    ids = torch.full(x.shape[:2], MASK if kind == "mask" else PAD, dtype=torch.long)
-    zeros = torch.zeros_like(ids)
     with torch.no_grad():
-        return network.embed(ids, zeros, zeros, zeros, zeros)
+        return inp.engine.network.embed_blank(MASK if kind == "mask" else PAD, tuple(x.shape[:2]))
 
 
 def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -89,10 +89,8 @@ class Engine:
         """Every label's probability for an empty record: one empty [MASK] fact (no code, value, time or
         kind; any number of them gives the same) and nothing for the bag path. It is the baseline of
         integrated gradients, so an explanation's scores add up to the change from it."""
-        ids = torch.full((1, 1), MASK, dtype=torch.long)
-        zeros = torch.zeros_like(ids)
-        embeds = self.network.embed(ids, zeros, zeros, zeros, zeros)
-        bag = BagInputs(zeros, torch.zeros(1, 1))
+        embeds = self.network.embed_blank(MASK, (1, 1))
+        bag = BagInputs(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1))
         logits = self.network.forward_embeds(
             embeds, torch.ones(1, 1, dtype=torch.bool), bag, torch.zeros(1, 1)
         )

@@ -193,6 +193,14 @@ class CdsFactsModel(PreTrainedModel):
             e = e + self.display_projection(table[index])
         return self.norm(e)
 
+    def embed_blank(self, fact: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Embeddings (*shape, hidden) of positions that all hold one special fact (facts.MASK, an empty
+        fact: the empty record and integrated gradients' baseline; or facts.PAD), with no value, time,
+        kind or consideration."""
+        ids = torch.full(shape, fact, dtype=torch.long)
+        zeros = torch.zeros_like(ids)
+        return self.embed(ids, zeros, zeros, zeros, zeros)
+
     def encode(
         self, embeds: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
