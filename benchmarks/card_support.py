@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--floor", type=float, default=0.10, help="min_card_probability")
     args = parser.parse_args()
 
+    from cds_plugin.model.assessment import odds_ratio
     from cds_plugin.model.concepts import DIAGNOSIS, TREATMENT
     from cds_plugin.model.dataset import load_corpus
     from cds_plugin.model.engine import Engine, default_model_path
@@ -53,7 +54,7 @@ def main() -> int:
     p0 = engine.empty_probabilities
     thresholds = np.asarray(engine.model.thresholds)
     y = question_targets(targets, "undocumented")
-    odds_ratio = (probs / (1 - probs)) / (p0 / (1 - p0))[None]
+    ratios = odds_ratio(probs, p0[None])
     plausible = np.array([[label.plausible(e.sex, e.age) for label in engine.labels] for e in examples])
     kinds = np.array([label.kind for label in engine.labels])
     print(
@@ -66,15 +67,15 @@ def main() -> int:
         chosen = (probs >= thresholds[None]) & (probs >= args.floor) & plausible & (y >= 0) & (kinds == kind)
         print(f"{kind}: {chosen.sum()} suggestions, {y[chosen].mean():.2f} right")
         for low, high in BANDS:
-            band = chosen & (odds_ratio >= low) & (odds_ratio < high)
+            band = chosen & (ratios >= low) & (ratios < high)
             if band.any():
                 print(
                     f"   odds ratio {low:g} to {high:g}: {band.sum():4d} suggestions, "
                     f"{y[band].mean():.2f} right"
                 )
         for cut in (1.5, 2.0, 3.0, 5.0):
-            kept = chosen & (odds_ratio >= cut)
-            lost = chosen & (odds_ratio < cut)
+            kept = chosen & (ratios >= cut)
+            lost = chosen & (ratios < cut)
             print(
                 f"   min_card_odds_ratio {cut:g}: keeps {kept.sum()} ({y[kept].mean():.2f} right), "
                 f"drops {lost.sum()} of which {int(y[lost].sum())} right"

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from cds_plugin.fhir.linearize import Linearization
     from cds_plugin.fhir.record import PatientRecord
@@ -42,7 +44,7 @@ class Consideration:
         record adds nothing; a card is only as patient-specific as this is large."""
         if self.baseline_probability is None:
             return float("inf")
-        return _odds(self.probability) / _odds(self.baseline_probability)
+        return float(odds_ratio(self.probability, self.baseline_probability))
 
     @property
     def suggested(self) -> bool:
@@ -68,9 +70,10 @@ class Consideration:
         }
 
 
-def _odds(p: float) -> float:
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    return p / (1 - p)
+def odds_ratio(p: Any, p0: Any) -> Any:
+    """odds(p) / odds(p0), for numbers or numpy arrays alike, probabilities kept within 1e-9 of 0 and 1."""
+    p, p0 = np.clip(p, 1e-9, 1 - 1e-9), np.clip(p0, 1e-9, 1 - 1e-9)
+    return (p / (1 - p)) / (p0 / (1 - p0))
 
 
 @dataclass
