@@ -13,6 +13,7 @@ from cds_plugin.sandbox.validator import has_errors, validate_response
 from cds_plugin.services import considerations
 from cds_plugin.settings import Settings
 from cds_plugin.web.app import create_app
+from tests.helpers.open_app import open_app
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fhir_fixtures" / "requests"
 #: The card model tests the cards' form: its thresholds are set by hand and its probabilities barely move
@@ -257,17 +258,14 @@ def test_no_card_for_what_the_record_does_not_support(card_model, tmp_path):
     cut = (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
     expected = {c.display for c in suggested if c.odds_ratio >= cut}
     assert 0 < len(expected) < len(suggested)
-    settings = Settings.load(
-        environ={},
-        data_dir=str(tmp_path),
-        jwt_required=False,
-        model_path=str(card_model),
-        min_card_probability=0.0,
+    app = open_app(
+        card_model,
+        tmp_path,
         min_card_odds_ratio=cut,
         max_cards=len(suggested),
         card_explanation_method="attention_gradient",
     )
-    cards = create_app(settings).test_client().post("/cds-services/diagnosis-considerations", json=body)
+    cards = app.test_client().post("/cds-services/diagnosis-considerations", json=body)
     summaries = [card["summary"] for card in cards.get_json()["cards"]]
     assert len(summaries) == len(expected)
     assert all(any(display in s for s in summaries) for display in expected), (summaries, expected)
