@@ -562,10 +562,15 @@ def evaluate_model(
     records, files = load_corpus_with_files(data_dir, progress=progress)
     scored = score_split(model_dir, records, split)
     report = _report(scored, source_folders(data_dir, records, files), gap_resamples)
+    report["meta"] = _meta(scored, split)
+    return report
+
+
+def _meta(scored: ScoredSplit, split: str) -> dict[str, Any]:
     notes = (
         [] if scored.baseline_patients else ["baselines skipped: no training patients under the data folder"]
     )
-    report["meta"] = {
+    return {
         "model_version": scored.model_version,
         "split": split,
         "patients": scored.patients,
@@ -575,7 +580,6 @@ def evaluate_model(
         "model_inference_s": round(scored.model_seconds, 3),
         "notes": notes,
     }
-    return report
 
 
 def evaluate_folds(
@@ -628,15 +632,8 @@ def evaluate_folds(
         for p in parts
     ]
     report["meta"] = {
-        "model_version": pooled.model_version,
-        "split": f"cross-validation, {len(parts)} folds pooled",
-        "patients": pooled.patients,
-        "examples": len(pooled.examples),
+        **_meta(pooled, f"cross-validation, {len(parts)} folds pooled"),
         "patients_per_fold": [p.patients for p in parts],
-        "baseline_training_patients": pooled.baseline_patients,
-        "labels": len(labels),
-        "model_inference_s": round(pooled.model_seconds, 3),
-        "notes": [],
     }
     return report
 
