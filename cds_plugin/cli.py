@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "split_salt",
         "fold",
         "balance_sex",
+        "care_plan_activities",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -398,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         dest="balance_sex",
         help="weigh each label's positives so both sexes count alike in fine-tuning (docs/model-card.md)",
+    )
+    train.add_argument(
+        "--care-plan-activities",
+        action="store_true",
+        default=None,
+        dest="care_plan_activities",
+        help="give each coded care-plan activity a position of its own (docs/model-card.md)",
     )
     train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")

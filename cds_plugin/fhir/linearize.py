@@ -1,12 +1,13 @@
 """The record as model input: one segment per fact, with provenance, most recent first.
 
 A segment is one position of the model (one FHIR fact: a Condition, a medication request, one lab value,
-a procedure, ...) and one row of an explanation: its `text` is what a person reads, its `code`, `value`,
-`unit`, `value_code` and `status` are what the model encodes, and its `reference` names the resource,
-so an attribution per position is an attribution per FHIR resource (`Linearization.attribute`). Order:
-demographics (age, sex), then every fact most recent first (undated facts count as current), at most
-`max_facts` of them; `omitted` counts, per resource type, the older facts beyond the cap and the facts
-never used (entered-in-error, cancelled). The output depends only on the record and the arguments.
+a procedure, ...; with `activities`, a care plan also gives one to each coded activity) and one row of
+an explanation: its `text` is what a person reads, its `code`, `value`, `unit`, `value_code` and
+`status` are what the model encodes, and its `reference` names the resource, so an attribution per
+position is an attribution per FHIR resource (`Linearization.attribute`). Order: demographics (age,
+sex), then every fact most recent first (undated facts count as current), at most `max_facts`
+segments; `omitted` counts, per resource type, the older facts beyond the cap and the facts never used
+(entered-in-error, cancelled). The output depends only on the record and the arguments.
 """
 
 from __future__ import annotations
@@ -167,9 +168,17 @@ class Linearization:
 
 
 def linearize(
-    record: PatientRecord, *, max_facts: int = DEFAULT_MAX_FACTS, separator: str = "\n"
+    record: PatientRecord,
+    *,
+    max_facts: int = DEFAULT_MAX_FACTS,
+    activities: bool = False,
+    separator: str = "\n",
 ) -> Linearization:
-    """The record as segments with provenance, most recent first (see the module docstring)."""
+    """The record as segments with provenance, most recent first (see the module docstring).
+
+    `activities`: a care plan's coded activities are segments of their own (a model keeps the choice it
+    was trained with; the shipped model reads them as words of the plan's text, which it does not read).
+    """
     now = record.reference_time
     age = record.age
     dated: list[tuple[float, int, Fact]] = []
@@ -183,11 +192,21 @@ def linearize(
             when = fact.date.timestamp() if fact.date is not None else float("inf")
             dated.append((-when, order, fact))
     dated.sort(key=lambda item: item[:2])
-    for _, _, fact in dated[max_facts:]:
-        omitted[fact.resource_type] = omitted.get(fact.resource_type, 0) + 1
     segments = _demographics(record)
-    for _, _, fact in dated[:max_facts]:
-        segments.append(_RENDERERS[fact.resource_type][0](fact, now, age))
+    kept = 0
+    for _, _, fact in dated:
+        if kept >= max_facts:
+            omitted[fact.resource_type] = omitted.get(fact.resource_type, 0) + 1
+            continue
+        if isinstance(fact, CarePlan):
+            segments.append(_render_care_plan(fact, now, age, coded_apart=activities))
+        else:
+            segments.append(_RENDERERS[fact.resource_type][0](fact, now, age))
+        kept += 1
+        if activities and isinstance(fact, CarePlan):
+            parts = _care_plan_activities(fact, now)[: max_facts - kept]
+            segments.extend(parts)
+            kept += len(parts)
     return Linearization(tuple(segments), now, MappingProxyType(omitted), separator)
 
 
@@ -453,7 +472,7 @@ def _render_encounter(fact: Encounter, now: datetime, age: float | None) -> Segm
     return _segment(fact, text, display, code)
 
 
-def _render_care_plan(fact: CarePlan, now: datetime, age: float | None) -> Segment:
+def _render_care_plan(fact: CarePlan, now: datetime, age: float | None, coded_apart: bool = False) -> Segment:
     # Categories with words (US Core's bare `assess-plan` code carries none).
     named = [c for c in fact.categories if c.text or any(x.display for x in c.codings)]
     labels = [clean(c.display) for c in named]
@@ -462,11 +481,42 @@ def _render_care_plan(fact: CarePlan, now: datetime, age: float | None) -> Segme
     parts = ["care plan: " + (", ".join(labels) or "unspecified")]
     if fact.status:
         parts.append(fact.status)
-    activities = [clean(a.display) for a in fact.activities[:4] if a.display]
-    if activities:
-        parts.append(", ".join(activities))
+    named_activities = [
+        clean(a.display) for a in fact.activities if a.display and not (coded_apart and a.primary is not None)
+    ][:4]
+    if named_activities:
+        parts.append(", ".join(named_activities))
     text = "; ".join(parts) + _when("", fact.date, now)
     return _segment(fact, text, display, code)
+
+
+def _care_plan_activities(fact: CarePlan, now: datetime) -> list[Segment]:
+    """One segment per coded activity, after its plan: what a plan asks to do ("memory skills",
+    "long-term social support") says as much about the problem it addresses as its category does, and
+    the model reads segments' codes only. They name the plan's resource, so their attributions add up to
+    the plan's. Uncoded activities stay words in the plan's text."""
+    plan = next(
+        (clean(c.display) for c in fact.categories if c.text or any(x.display for x in c.codings)), ""
+    )
+    out = []
+    for i, activity in enumerate(fact.activities):
+        if activity.primary is None:
+            continue
+        display = clean(activity.display) or "activity"
+        text = f"care plan activity: {display}" + (f"; {plan}" if plan else "") + _when("", fact.date, now)
+        out.append(
+            Segment(
+                text,
+                fact.reference,
+                fact.resource_type,
+                f"{fact.path}.activity[{i}]",
+                fact.date,
+                display,
+                activity.primary.token,
+                status=fact.status,
+            )
+        )
+    return out
 
 
 _RENDERERS: dict[str, tuple[Callable, Callable]] = {

@@ -53,6 +53,7 @@ def save_model(
     max_facts: int,
     metadata: dict[str, Any],
     name: str = "cds-plugin",
+    activities: bool = False,
 ) -> str:
     """Write every artifact; returns the model version."""
     out = Path(out_dir)
@@ -60,7 +61,10 @@ def save_model(
     model.save_pretrained(out, safe_serialization=True)
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()[:12]
     version = f"{name}-{digest}"
-    _write_json(out / "cds_plugin.json", {"format_version": FORMAT_VERSION, "max_facts": max_facts})
+    _write_json(
+        out / "cds_plugin.json",
+        {"format_version": FORMAT_VERSION, "max_facts": max_facts, "care_plan_activities": activities},
+    )
     _write_json(out / "facts.json", vocab.to_json())
     _write_json(out / "labels.json", labels.to_json())
     _write_json(out / "calibration.json", {"method": "temperature", "temperature": temperature})
@@ -122,6 +126,7 @@ class LoadedModel:
     max_facts: int
     version: str
     path: Path
+    care_plan_activities: bool = False  # the linearization it was trained on (fhir.linearize)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -159,4 +164,5 @@ def load_model(path: str | Path) -> LoadedModel:
         max_facts=int(meta["max_facts"]),
         version=version,
         path=folder,
+        care_plan_activities=bool(meta.get("care_plan_activities", False)),
     )

@@ -222,9 +222,13 @@ class Prepared:
 
 
 def prepare(
-    situation: Situation, vocab: FactVocabulary, labels: LabelSpace, max_facts: int = DEFAULT_MAX_FACTS
+    situation: Situation,
+    vocab: FactVocabulary,
+    labels: LabelSpace,
+    max_facts: int = DEFAULT_MAX_FACTS,
+    activities: bool = False,
 ) -> Prepared:
-    lin = linearize(situation.record, max_facts=max_facts)
+    lin = linearize(situation.record, max_facts=max_facts, activities=activities)
     refs = concept_references(situation.record, labels)
     return Prepared(situation, lin, vocab.encode(lin, refs))
 

@@ -70,7 +70,7 @@ class Engine:
 
     def encode(self, record: PatientRecord) -> tuple[EncodedFacts, Linearization]:
         """The model input of a record: its facts (most recent first, capped) and their encoding."""
-        lin = linearize(record, max_facts=self.model.max_facts)
+        lin = linearize(record, max_facts=self.model.max_facts, activities=self.model.care_plan_activities)
         return self.vocab.encode(lin, concept_references(record, self.labels)), lin
 
     # --- predictions --------------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class TrainConfig:
     #: fine-tuning weighs each label's positives so that both sexes' positives count alike in total (at
     #: most `MAX_BALANCE` times up or down); labels with positives of one sex only are left as they are
     balance_sex: bool = False
+    #: a care plan's coded activities as positions of their own (fhir.linearize; docs/model-card.md)
+    care_plan_activities: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -494,10 +496,17 @@ def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = T
     val_situations = build_situations(val_records, config.per_patient, config.seed + 100, labels)
     if not train_situations or not val_situations:
         raise ValueError("no reference time with a year of follow-up was found; more data is needed")
-    train_lins = [(s.patient, linearize(s.record, max_facts=config.max_facts)) for s in train_situations]
+    train_lins = [
+        (s.patient, linearize(s.record, max_facts=config.max_facts, activities=config.care_plan_activities))
+        for s in train_situations
+    ]
     vocab = FactVocabulary.fit(train_lins, min_count=config.min_count, n_bins=config.n_bins)
-    train_data = [prepare(s, vocab, labels, config.max_facts) for s in train_situations]
-    val_data = [prepare(s, vocab, labels, config.max_facts) for s in val_situations]
+    train_data = [
+        prepare(s, vocab, labels, config.max_facts, config.care_plan_activities) for s in train_situations
+    ]
+    val_data = [
+        prepare(s, vocab, labels, config.max_facts, config.care_plan_activities) for s in val_situations
+    ]
     val_masks = fixed_masks(val_situations, config.seed + 100, config.mask_rate)
     val_inputs = [p.masked(m) for p, m in zip(val_data, val_masks, strict=True)]
     val_targets = np.stack([p.targets(m, len(labels)) for p, m in zip(val_data, val_masks, strict=True)])
@@ -546,7 +555,12 @@ def fit(corpus: Corpus, config: TrainConfig, progress: bool = True) -> tuple[Cds
         situations = build_situations(
             corpus.train_records, config.pretrain_per_patient, config.seed + 7, corpus.labels
         )
-        inputs = [corpus.vocab.encode(linearize(s.record, max_facts=config.max_facts)) for s in situations]
+        inputs = [
+            corpus.vocab.encode(
+                linearize(s.record, max_facts=config.max_facts, activities=config.care_plan_activities)
+            )
+            for s in situations
+        ]
         pretrain_losses = pretrain(model, inputs, config, progress)
         timings["pretrain_s"] = time.perf_counter() - t0
     linear: dict[str, Any] = {}
@@ -602,7 +616,15 @@ def train(
         "validation_patients": sorted(r.reference for r in corpus.val_records),
     }
     version = save_model(
-        out_dir, model, corpus.vocab, corpus.labels, temperature, thresholds, config.max_facts, metadata
+        out_dir,
+        model,
+        corpus.vocab,
+        corpus.labels,
+        temperature,
+        thresholds,
+        config.max_facts,
+        metadata,
+        activities=config.care_plan_activities,
     )
     metadata["model_version"] = version
     return metadata

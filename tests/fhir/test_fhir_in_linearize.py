@@ -36,6 +36,46 @@ def test_segments_carry_provenance() -> None:
     assert set(lin.references()) <= record.references()
 
 
+def test_a_care_plan_can_give_each_coded_activity_a_segment_after_it() -> None:
+    record = read_record(patient_bundle("heart-failure-elderly-2019"))
+    plain = linearize(record)
+    lin = linearize(record, activities=True)
+    plans = [p for p in record.care_plans if any(a.primary is not None for a in p.activities)]
+    assert plans
+    facts = {(f.reference, f.path) for f in record.facts()}
+    for plan in plans:
+        rows = [s for s in lin.segments if s.reference == plan.reference]
+        coded = [a for a in plan.activities if a.primary is not None]
+        assert rows[0].path == plan.path and len(rows) == 1 + len(coded)
+        assert [s.code for s in rows[1:]] == [a.primary.token for a in coded]
+        assert [s.path for s in rows[1:]] == [
+            f"{plan.path}.activity[{plan.activities.index(a)}]" for a in coded
+        ]
+        assert all(s.text.startswith("care plan activity: ") and s.date == plan.date for s in rows[1:])
+        assert all((s.reference, s.path.split(".activity[")[0]) in facts for s in rows)
+        start = lin.segments.index(rows[0])
+        assert lin.segments[start : start + len(rows)] == tuple(rows)  # together, the plan first
+        (alone,) = [s for s in plain.segments if s.reference == plan.reference]  # off: one segment
+        assert all(a.display in alone.text for a in coded[:4])
+        assert not any(a.display in rows[0].text for a in coded)  # on: the words are not repeated
+    attribution = lin.attribute([1.0] * len(lin.segments))
+    assert attribution[plans[0].reference] == 1 + sum(a.primary is not None for a in plans[0].activities)
+    assert [(s.reference, s.path) for s in lin.segments if ".activity[" not in s.path] == [
+        (s.reference, s.path) for s in plain.segments
+    ]  # the same facts, in the same order
+
+
+def test_activities_count_against_the_cap_and_omitted_counts_facts() -> None:
+    record = read_record(patient_bundle("heart-failure-elderly-2019"))
+    whole = linearize(record, activities=True)
+    for cap in (5, 40, 150):
+        capped = linearize(record, max_facts=cap, activities=True)
+        assert capped.segments == whole.segments[: cap + 2]
+        kept = {(s.reference, s.path) for s in capped.segments[2:] if ".activity[" not in s.path}
+        facts = [f for f in record.facts() if f.resource_type != "Patient"]
+        assert sum(capped.omitted.values()) == len(facts) - len(kept)
+
+
 def test_offsets_segment_at_and_attribution() -> None:
     lin = linearize(read_record(edge("reference-styles"), as_of=NOW))
     text = lin.text

@@ -187,3 +187,29 @@ def test_cli_trains_sex_balanced(corpus, tmp_path):
     args = ["train", "--data", str(corpus), "--out", str(out), "--tiny", "--balance-sex", "--quiet"]
     assert main(args) == 0
     assert json.loads((out / "training.json").read_text())["config"]["balance_sex"] is True
+
+
+def test_a_model_trained_on_care_plan_activities_reads_them(corpus, tmp_path, tiny_model):
+    from cds_plugin.cli import main
+    from cds_plugin.fhir import linearize
+    from cds_plugin.model.dataset import load_corpus
+    from cds_plugin.model.engine import Engine
+
+    out = tmp_path / "activities"
+    args = ["train", "--data", str(corpus), "--out", str(out), "--tiny", "--care-plan-activities", "--quiet"]
+    assert main(args) == 0
+    assert json.loads((out / "training.json").read_text())["config"]["care_plan_activities"] is True
+    assert json.loads((out / "cds_plugin.json").read_text())["care_plan_activities"] is True
+    vocab = json.loads((out / "facts.json").read_text())["codes"]
+    with_plans = [r for r in load_corpus(corpus, progress=False) if any(p.activities for p in r.care_plans)]
+    assert with_plans
+    record = with_plans[0]
+    activity_codes = {a.primary.token for p in record.care_plans for a in p.activities if a.primary}
+    assert activity_codes & set(vocab)  # the activities' codes were learnt as facts
+    engine, plain = Engine.load(out), Engine.load(tiny_model)  # the shipped kind reads none
+    assert not load_model(tiny_model).care_plan_activities
+    _, lin = engine.encode(record)
+    _, plain_lin = plain.encode(record)
+    n_activities = sum(".activity[" in s.path for s in lin.segments)
+    assert n_activities and len(lin.segments) == len(plain_lin.segments) + n_activities
+    assert lin == linearize(record, max_facts=load_model(out).max_facts, activities=True)
