@@ -481,9 +481,10 @@ def _render_care_plan(fact: CarePlan, now: datetime, age: float | None, coded_ap
     parts = ["care plan: " + (", ".join(labels) or "unspecified")]
     if fact.status:
         parts.append(fact.status)
-    named_activities = [
-        clean(a.display) for a in fact.activities if a.display and not (coded_apart and a.primary is not None)
-    ][:4]
+    if coded_apart:  # the coded ones are segments of their own
+        named_activities = [clean(a.display) for a in fact.activities if a.display and a.primary is None][:4]
+    else:
+        named_activities = [clean(a.display) for a in fact.activities[:4] if a.display]
     if named_activities:
         parts.append(", ".join(named_activities))
     text = "; ".join(parts) + _when("", fact.date, now)
