@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/ablation.py [--data DIR] [--variants full,no_pretraining,...] [--json FILE]
 
-One run, one data preparation: the corpus is read, split and encoded once with the default training
-configuration; every variant is fitted on it from the same seed and evaluated on the same validation
-examples (one fixed mask per situation) as logistic regression and prevalence, overall and for the
-2019 and 2025 Synthea generations apart. Prints macro AUROC, macro AUPRC, recall@5 and ECE per question
-and group (docs/model-card.md shows the output). Variants:
+One run, one data preparation per input: the corpus is read, split and encoded once with the default
+training configuration (once more for each variant that reads the record otherwise); every variant is
+fitted from the same seed and evaluated on the same validation examples (one fixed mask per situation)
+as logistic regression and prevalence, overall and for the 2019 and 2025 Synthea generations apart.
+Prints macro AUROC, macro AUPRC, recall@5 and ECE per question and group (docs/model-card.md shows the
+output). Variants:
 
 - full: self-attention over facts + the bag path (a regression on code presence) + display embeddings,
   with the default pretraining
@@ -17,6 +18,9 @@ and group (docs/model-card.md shows the output). Variants:
 - no_displays: without MiniLM display embeddings
 - no_concepts: without the consideration embedding of Conditions and MedicationRequests
 - mean_pool: the attention states mean-pooled instead of max-pooled (smooth for integrated gradients)
+- no_activities / no_reasons / no_parts: care-plan activities, coded reasons, or both only as words
+  of their fact's text, which the model does not read (no_parts is the input of the model shipped
+  before them)
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ VARIANTS = (
     "no_displays",
     "no_concepts",
     "mean_pool",
+    "no_activities",
+    "no_reasons",
+    "no_parts",
 )
 
 
@@ -75,6 +82,9 @@ def variant(config: TrainConfig, name: str) -> TrainConfig:
         "no_displays": {"network": dataclasses.replace(network, displays=False)},
         "no_concepts": {"network": dataclasses.replace(network, concepts=False)},
         "mean_pool": {"network": dataclasses.replace(network, pooling="mean")},
+        "no_activities": {"care_plan_activities": False},
+        "no_reasons": {"coded_reasons": False},
+        "no_parts": {"care_plan_activities": False, "coded_reasons": False},
     }[name]
     return dataclasses.replace(config, **changes)
 
@@ -112,11 +122,18 @@ def main() -> None:
         ),
     }
     seconds = {}
+    corpora = {(config.care_plan_activities, config.coded_reasons): corpus}
     for name in args.variants.split(","):
         t0 = time.perf_counter()
-        model, _ = fit(corpus, variant(config, name), progress=False)
-        logits = predict_logits(model, corpus.val_inputs)
-        scores[name] = sigmoid(logits / fit_temperature(logits, corpus.val_targets))
+        changed = variant(config, name)
+        reads = (changed.care_plan_activities, changed.coded_reasons)
+        if reads not in corpora:  # another input: the same situations and masks, read otherwise
+            corpora[reads] = prepare_corpus(args.data, changed, progress=False)
+            if not np.array_equal(corpora[reads].val_targets, targets):
+                raise SystemExit(f"{name}: validation targets differ; not the same examples")
+        model, _ = fit(corpora[reads], changed, progress=False)
+        logits = predict_logits(model, corpora[reads].val_inputs)
+        scores[name] = sigmoid(logits / fit_temperature(logits, targets))
         seconds[name] = time.perf_counter() - t0
         logging.info("%s fitted in %.0f s", name, seconds[name])
     report = compare(scores, targets, val_examples, labels, corpus.sources)

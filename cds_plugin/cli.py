@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "fold",
         "balance_sex",
         "care_plan_activities",
+        "coded_reasons",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -402,10 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--care-plan-activities",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         dest="care_plan_activities",
-        help="give each coded care-plan activity a position of its own (docs/model-card.md)",
+        help="each coded care-plan activity a position of its own (default: on; docs/model-card.md)",
+    )
+    train.add_argument(
+        "--coded-reasons",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="coded_reasons",
+        help="each coded reason of an encounter or procedure a position of its own (default: on)",
     )
     train.add_argument("--tiny", action="store_true", help="a tiny configuration that trains in seconds")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")

@@ -1,10 +1,11 @@
 """The record as model input: one segment per fact, with provenance, most recent first.
 
 A segment is one position of the model (one FHIR fact: a Condition, a medication request, one lab value,
-a procedure, ...; with `activities`, a care plan also gives one to each coded activity) and one row of
-an explanation: its `text` is what a person reads, its `code`, `value`, `unit`, `value_code` and
-`status` are what the model encodes, and its `reference` names the resource, so an attribution per
-position is an attribution per FHIR resource (`Linearization.attribute`). Order: demographics (age,
+a procedure, ...; with `activities`, a care plan also gives one to each coded activity, with `reasons`, a
+fact to each coded reason) and one row of an explanation: its `text` is what a person reads, its `code`,
+`value`, `unit`, `value_code` and `status` are what the model encodes, and its `reference` names the
+resource, so an attribution per position is an attribution per FHIR resource
+(`Linearization.attribute`). Order: demographics (age,
 sex), then every fact most recent first (undated facts count as current), at most `max_facts`
 segments; `omitted` counts, per resource type, the older facts beyond the cap and the facts never used
 (entered-in-error, cancelled). The output depends only on the record and the arguments.
@@ -172,12 +173,15 @@ def linearize(
     *,
     max_facts: int = DEFAULT_MAX_FACTS,
     activities: bool = False,
+    reasons: bool = False,
     separator: str = "\n",
 ) -> Linearization:
     """The record as segments with provenance, most recent first (see the module docstring).
 
-    `activities`: a care plan's coded activities are segments of their own (a model keeps the choice it
-    was trained with; the shipped model reads them as words of the plan's text, which it does not read).
+    `activities`: a care plan's coded activities are segments of their own; `reasons`: so are the coded
+    reasons (`reasonCode`) of encounters and procedures. A model keeps the choices
+    it was trained with; without them, activities and reasons are words of a fact's text, which no model
+    reads.
     """
     now = record.reference_time
     age = record.age
@@ -198,15 +202,21 @@ def linearize(
         if kept >= max_facts:
             omitted[fact.resource_type] = omitted.get(fact.resource_type, 0) + 1
             continue
+        parts: list[Segment] = []
         if isinstance(fact, CarePlan):
             segments.append(_render_care_plan(fact, now, age, coded_apart=activities))
+            if activities:
+                parts = _care_plan_activities(fact, now)
+        elif isinstance(fact, Encounter):
+            segments.append(_render_encounter(fact, now, age, coded_apart=reasons))
         else:
             segments.append(_RENDERERS[fact.resource_type][0](fact, now, age))
+        if reasons and isinstance(fact, _REASONED):
+            parts = _coded_reasons(fact, now)
         kept += 1
-        if activities and isinstance(fact, CarePlan):
-            parts = _care_plan_activities(fact, now)[: max_facts - kept]
-            segments.extend(parts)
-            kept += len(parts)
+        parts = parts[: max_facts - kept]
+        segments.extend(parts)
+        kept += len(parts)
     return Linearization(tuple(segments), now, MappingProxyType(omitted), separator)
 
 
@@ -455,7 +465,9 @@ def _render_immunization(fact: Immunization, now: datetime, age: float | None) -
     return _segment(fact, text, display, code)
 
 
-def _render_encounter(fact: Encounter, now: datetime, age: float | None) -> Segment:
+def _render_encounter(
+    fact: Encounter, now: datetime, age: float | None, coded_apart: bool = False
+) -> Segment:
     kind = _ENCOUNTER_CLASSES.get(fact.class_code or "", clean(fact.class_code) or "")
     types = [clean(t.display) for t in fact.types[:2] if t.display]
     display = types[0] if types else (kind or "encounter")
@@ -463,7 +475,8 @@ def _render_encounter(fact: Encounter, now: datetime, age: float | None) -> Segm
     if fact.types and fact.types[0].primary is not None:
         code = fact.types[0].primary.token
     text = "encounter: " + ", ".join(p for p in [kind, *types] if p)
-    reasons = [clean(r.display) for r in fact.reasons[:2] if r.display]
+    shown = [r for r in fact.reasons if r.primary is None] if coded_apart else fact.reasons
+    reasons = [clean(r.display) for r in shown[:2] if r.display]
     if reasons:
         text += "; reason " + ", ".join(reasons)
     if fact.status == "in-progress":
@@ -472,9 +485,13 @@ def _render_encounter(fact: Encounter, now: datetime, age: float | None) -> Segm
     return _segment(fact, text, display, code)
 
 
+def _named_categories(fact: CarePlan) -> list[Concept]:
+    """A plan's categories with words (US Core's bare `assess-plan` code carries none)."""
+    return [c for c in fact.categories if c.text or any(x.display for x in c.codings)]
+
+
 def _render_care_plan(fact: CarePlan, now: datetime, age: float | None, coded_apart: bool = False) -> Segment:
-    # Categories with words (US Core's bare `assess-plan` code carries none).
-    named = [c for c in fact.categories if c.text or any(x.display for x in c.codings)]
+    named = _named_categories(fact)
     labels = [clean(c.display) for c in named]
     display = labels[0] if labels else "care plan"
     code = named[0].primary.token if named and named[0].primary is not None else None
@@ -496,9 +513,7 @@ def _care_plan_activities(fact: CarePlan, now: datetime) -> list[Segment]:
     "long-term social support") says as much about the problem it addresses as its category does, and
     the model reads segments' codes only. They name the plan's resource, so their attributions add up to
     the plan's. Uncoded activities stay words in the plan's text."""
-    plan = next(
-        (clean(c.display) for c in fact.categories if c.text or any(x.display for x in c.codings)), ""
-    )
+    plan = next((clean(c.display) for c in _named_categories(fact)), "")
     out = []
     for i, activity in enumerate(fact.activities):
         if activity.primary is None:
@@ -515,6 +530,48 @@ def _care_plan_activities(fact: CarePlan, now: datetime) -> list[Segment]:
                 display,
                 activity.primary.token,
                 status=fact.status,
+            )
+        )
+    return out
+
+
+#: The facts whose coded reasons `linearize(..., reasons=True)` gives segments of their own. Not a
+#: medication request's: a model input states at most one consideration, and a request can state one
+#: (its drug) while its reason states another (the diagnosis), so hiding either would not hide both.
+_REASONED = (Encounter, Procedure)
+
+
+def reason_path(resource_type: str, index: int) -> str:
+    """The path of a fact's `index`-th coded reason (its segment's `path`)."""
+    return f"{resource_type}.reasonCode[{index}]"
+
+
+def part_key(reference: str, path: str) -> str:
+    """A segment named apart from the other segments of its resource: its reference and path."""
+    return f"{reference}#{path}"
+
+
+def _coded_reasons(fact: Encounter | Procedure, now: datetime) -> list[Segment]:
+    """One segment per coded reason, after its fact: an encounter "for symptom" says little until its
+    reason says sinusitis, and a reason is often the only trace of a problem nobody put on the list.
+    They name the fact's resource, so their attributions add up to the fact's."""
+    what = {"Encounter": "encounter", "Procedure": "procedure"}
+    out = []
+    for i, reason in enumerate(fact.reasons):
+        if reason.primary is None:
+            continue
+        display = clean(reason.display) or "reason"
+        text = f"reason for {what[fact.resource_type]}: {display}" + _when("", fact.date, now)
+        out.append(
+            Segment(
+                text,
+                fact.reference,
+                fact.resource_type,
+                reason_path(fact.resource_type, i),
+                fact.date,
+                display,
+                reason.primary.token,
+                status=getattr(fact, "status", None),
             )
         )
     return out

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cds_plugin.fhir.linearize import Linearization, linearize
+from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.facts import FactVocabulary
 from cds_plugin.model.label_space import LabelSpace
 from cds_plugin.model.network import CdsFactsModel
@@ -54,6 +56,7 @@ def save_model(
     metadata: dict[str, Any],
     name: str = "cds-plugin",
     activities: bool = False,
+    reasons: bool = False,
 ) -> str:
     """Write every artifact; returns the model version."""
     out = Path(out_dir)
@@ -63,7 +66,12 @@ def save_model(
     version = f"{name}-{digest}"
     _write_json(
         out / "cds_plugin.json",
-        {"format_version": FORMAT_VERSION, "max_facts": max_facts, "care_plan_activities": activities},
+        {
+            "format_version": FORMAT_VERSION,
+            "max_facts": max_facts,
+            "care_plan_activities": activities,
+            "coded_reasons": reasons,
+        },
     )
     _write_json(out / "facts.json", vocab.to_json())
     _write_json(out / "labels.json", labels.to_json())
@@ -95,7 +103,15 @@ def model_card_text(version: str, labels: LabelSpace, metadata: dict[str, Any], 
         f"- patients: {_counts(metadata.get('patients'))}; situations (patient x reference time): "
         f"{_counts(metadata.get('situations'))}",
         f"- network: {_counts(config.get('network'))}",
-        f"- input: one position per FHIR fact, at most {config.get('max_facts')} (most recent first)",
+        f"- input: one position per FHIR fact, at most {config.get('max_facts')} (most recent first)"
+        + "".join(
+            f"; {what} of their own"
+            for key, what in (
+                ("care_plan_activities", "coded care-plan activities"),
+                ("coded_reasons", "coded encounter and procedure reasons"),
+            )
+            if config.get(key)
+        ),
         f"- labels: {len(labels)} ({kinds['diagnosis']} diagnoses, {kinds['treatment']} treatments), "
         "curated in labels.toml",
         f"- pretraining epochs: {config.get('pretrain_epochs')}; best validation selection score: "
@@ -127,6 +143,13 @@ class LoadedModel:
     version: str
     path: Path
     care_plan_activities: bool = False  # the linearization it was trained on (fhir.linearize)
+    coded_reasons: bool = False
+
+    def linearize(self, record: PatientRecord) -> Linearization:
+        """A record as this model reads it (the options it was trained with)."""
+        return linearize(
+            record, max_facts=self.max_facts, activities=self.care_plan_activities, reasons=self.coded_reasons
+        )
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -165,4 +188,5 @@ def load_model(path: str | Path) -> LoadedModel:
         version=version,
         path=folder,
         care_plan_activities=bool(meta.get("care_plan_activities", False)),
+        coded_reasons=bool(meta.get("coded_reasons", False)),
     )

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cds_plugin.errors import CdsPluginError, FhirInputError
-from cds_plugin.fhir.linearize import DEFAULT_MAX_FACTS, Linearization, linearize
+from cds_plugin.fhir.linearize import Linearization, linearize
 from cds_plugin.fhir.ndjson import read_ndjson
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
@@ -222,13 +222,11 @@ class Prepared:
 
 
 def prepare(
-    situation: Situation,
-    vocab: FactVocabulary,
-    labels: LabelSpace,
-    max_facts: int = DEFAULT_MAX_FACTS,
-    activities: bool = False,
+    situation: Situation, vocab: FactVocabulary, labels: LabelSpace, lin: Linearization | None = None
 ) -> Prepared:
-    lin = linearize(situation.record, max_facts=max_facts, activities=activities)
+    """A situation encoded once; `lin` is its record's linearization (default: `linearize`'s defaults;
+    a model trained with other options passes its own, `TrainConfig.linearize`)."""
+    lin = lin if lin is not None else linearize(situation.record)
     refs = concept_references(situation.record, labels)
     return Prepared(situation, lin, vocab.encode(lin, refs))
 

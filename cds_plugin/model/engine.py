@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cds_plugin.fhir.as_of import as_of as cut_record
-from cds_plugin.fhir.linearize import Linearization, linearize
+from cds_plugin.fhir.linearize import Linearization
 from cds_plugin.fhir.reader import read_record
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.artifacts import LoadedModel, ModelLoadError, load_model
@@ -70,7 +70,7 @@ class Engine:
 
     def encode(self, record: PatientRecord) -> tuple[EncodedFacts, Linearization]:
         """The model input of a record: its facts (most recent first, capped) and their encoding."""
-        lin = linearize(record, max_facts=self.model.max_facts, activities=self.model.care_plan_activities)
+        lin = self.model.linearize(record)
         return self.vocab.encode(lin, concept_references(record, self.labels)), lin
 
     # --- predictions --------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ The vocabulary is fitted on the training facts and saved with the model (facts.j
   (lb -> kg, in -> cm, degF -> Cel); 0 means no usable value.
 - time: days between the fact and T in log-spaced buckets (a week, a month, 3 and 6 months, 1, 2, 3, 5,
   10, 20 years, older; undated facts have their own bucket).
-- kind: resource type and status (`Condition|resolved`, `MedicationRequest|stopped`, ...).
-- concept: the consideration a Condition or MedicationRequest states (labels.toml groups the member
-  codes of both Synthea generations and every strength of an ingredient), so what the label file says
-  means the same is one input, as it is one feature for the logistic-regression baseline.
+- kind: resource type and status (`Condition|resolved`, `MedicationRequest|stopped`, ...); a coded
+  reason of an encounter is `Encounter.reasonCode|finished`.
+- concept: the consideration a Condition or MedicationRequest states, or a coded reason names
+  (labels.toml groups the member codes of both Synthea generations and every strength of an
+  ingredient), so what the label file says means the same is one input, as it is one feature for the
+  logistic-regression baseline.
 
 `EncodedFacts.segments` maps each position to its linearization segment, so position attributions are
 fact attributions without any further mapping.
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cds_plugin.fhir.linearize import Linearization, Segment
+from cds_plugin.fhir.linearize import Linearization, Segment, part_key
 
 PAD, UNK, MASK = 0, 1, 2
 SPECIAL_CODES = ("[PAD]", "[UNK]", "[MASK]")
@@ -72,8 +74,14 @@ def fact_key(segment: Segment) -> str:
     return f"{key}={segment.value_code}" if segment.value_code else key
 
 
+def is_reason(segment: Segment) -> bool:
+    """A coded reason of an encounter or procedure (fhir.linearize `reasons`)."""
+    return ".reasonCode[" in segment.path
+
+
 def kind_key(segment: Segment) -> str:
-    return f"{segment.resource_type}|{segment.status or ''}"
+    kind = f"{segment.resource_type}.reasonCode" if is_reason(segment) else segment.resource_type
+    return f"{kind}|{segment.status or ''}"
 
 
 def time_bucket(when: datetime | None, reference_time: datetime) -> int:
@@ -220,6 +228,8 @@ class FactVocabulary:
             kinds[i] = self.kind_index.get(kind_key(segment), UNK)
             if segment.resource_type in CONCEPT_TYPES:
                 concept_ids[i] = concepts.get(segment.reference, -1) + 1
+            elif is_reason(segment):
+                concept_ids[i] = concepts.get(part_key(segment.reference, segment.path), -1) + 1
         return EncodedFacts(
             codes,
             values,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from cds_plugin.fhir.as_of import as_of
+from cds_plugin.fhir.linearize import part_key, reason_path
 from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.concepts import DIAGNOSIS
 from cds_plugin.model.label_space import LabelSpace
@@ -116,8 +117,16 @@ def occurring_between(record: PatientRecord, labels: LabelSpace, start: datetime
 
 
 def concept_references(record: PatientRecord, labels: LabelSpace) -> dict[str, int]:
-    """Reference of every Condition and MedicationRequest that states a consideration -> its index."""
+    """Reference of every Condition and MedicationRequest that states a consideration -> its index; and
+    `part_key` of every coded reason of an encounter or procedure that names a diagnosis -> its index
+    (the reasons `remove_concepts` strips, as segments of their own: fhir.linearize `reasons`)."""
     out: dict[str, int] = {}
+    diagnoses = {code: i for i in labels.kind_indices(DIAGNOSIS) for code in labels[i].codes}
+    for fact in (*record.encounters, *record.procedures):
+        for n, reason in enumerate(fact.reasons):
+            i = next((diagnoses[c] for c in reason.codes() if c in diagnoses), None)
+            if i is not None:
+                out[part_key(fact.reference, reason_path(fact.resource_type, n))] = i
     for condition in record.conditions:
         i = labels.of_condition(condition)
         if i is not None:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cds_plugin.fhir.linearize import Linearization, linearize
+from cds_plugin.fhir.record import PatientRecord
 from cds_plugin.model.artifacts import save_model
 from cds_plugin.model.batch import collate
 from cds_plugin.model.dataset import (
@@ -85,7 +87,15 @@ class TrainConfig:
     #: most `MAX_BALANCE` times up or down); labels with positives of one sex only are left as they are
     balance_sex: bool = False
     #: a care plan's coded activities as positions of their own (fhir.linearize; docs/model-card.md)
-    care_plan_activities: bool = False
+    care_plan_activities: bool = True
+    #: an encounter's or procedure's coded reasons as positions of their own (fhir.linearize)
+    coded_reasons: bool = True
+
+    def linearize(self, record: PatientRecord) -> Linearization:
+        """A record as this configuration's model reads it."""
+        return linearize(
+            record, max_facts=self.max_facts, activities=self.care_plan_activities, reasons=self.coded_reasons
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -477,8 +487,6 @@ class Corpus:
 
 def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = True) -> Corpus:
     """Read, split, build situations, fit the fact vocabulary and encode (no network yet)."""
-    from cds_plugin.fhir.linearize import linearize
-
     started = time.perf_counter()
     labels = LabelSpace.from_file(config.labels_file)
     from cds_plugin.model.evaluation import source_folders
@@ -496,17 +504,14 @@ def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = T
     val_situations = build_situations(val_records, config.per_patient, config.seed + 100, labels)
     if not train_situations or not val_situations:
         raise ValueError("no reference time with a year of follow-up was found; more data is needed")
-    train_lins = [
-        (s.patient, linearize(s.record, max_facts=config.max_facts, activities=config.care_plan_activities))
-        for s in train_situations
-    ]
-    vocab = FactVocabulary.fit(train_lins, min_count=config.min_count, n_bins=config.n_bins)
-    train_data = [
-        prepare(s, vocab, labels, config.max_facts, config.care_plan_activities) for s in train_situations
-    ]
-    val_data = [
-        prepare(s, vocab, labels, config.max_facts, config.care_plan_activities) for s in val_situations
-    ]
+    train_lins = [config.linearize(s.record) for s in train_situations]
+    vocab = FactVocabulary.fit(
+        [(s.patient, lin) for s, lin in zip(train_situations, train_lins, strict=True)],
+        min_count=config.min_count,
+        n_bins=config.n_bins,
+    )
+    train_data = [prepare(s, vocab, labels, lin) for s, lin in zip(train_situations, train_lins, strict=True)]
+    val_data = [prepare(s, vocab, labels, config.linearize(s.record)) for s in val_situations]
     val_masks = fixed_masks(val_situations, config.seed + 100, config.mask_rate)
     val_inputs = [p.masked(m) for p, m in zip(val_data, val_masks, strict=True)]
     val_targets = np.stack([p.targets(m, len(labels)) for p, m in zip(val_data, val_masks, strict=True)])
@@ -543,7 +548,6 @@ def prepare_corpus(data_dir: str | Path, config: TrainConfig, progress: bool = T
 
 def fit(corpus: Corpus, config: TrainConfig, progress: bool = True) -> tuple[CdsFactsModel, dict[str, Any]]:
     """Pretrain (when configured) and fine-tune a network on a prepared corpus."""
-    from cds_plugin.fhir.linearize import linearize
     from cds_plugin.model.evaluation import selection_score
 
     seed_everything(config.seed)
@@ -555,12 +559,7 @@ def fit(corpus: Corpus, config: TrainConfig, progress: bool = True) -> tuple[Cds
         situations = build_situations(
             corpus.train_records, config.pretrain_per_patient, config.seed + 7, corpus.labels
         )
-        inputs = [
-            corpus.vocab.encode(
-                linearize(s.record, max_facts=config.max_facts, activities=config.care_plan_activities)
-            )
-            for s in situations
-        ]
+        inputs = [corpus.vocab.encode(config.linearize(s.record)) for s in situations]
         pretrain_losses = pretrain(model, inputs, config, progress)
         timings["pretrain_s"] = time.perf_counter() - t0
     linear: dict[str, Any] = {}
@@ -625,6 +624,7 @@ def train(
         config.max_facts,
         metadata,
         activities=config.care_plan_activities,
+        reasons=config.coded_reasons,
     )
     metadata["model_version"] = version
     return metadata

@@ -76,6 +76,47 @@ def test_activities_count_against_the_cap_and_omitted_counts_facts() -> None:
         assert sum(capped.omitted.values()) == len(facts) - len(kept)
 
 
+@pytest.mark.parametrize("fixture", ["heart-failure-elderly-2019", "pregnancy-young-adult-2025"])
+def test_encounters_and_procedures_can_give_each_coded_reason_a_segment_after_them(fixture: str) -> None:
+    record = read_record(patient_bundle(fixture))
+    plain = linearize(record)
+    lin = linearize(record, reasons=True)
+    reasoned = [f for f in (*record.encounters, *record.procedures) if any(r.primary for r in f.reasons)]
+    assert any(f.resource_type == "Encounter" for f in reasoned)
+    assert (fixture == "pregnancy-young-adult-2025") == any(f.resource_type == "Procedure" for f in reasoned)
+    for fact in reasoned:
+        rows = [s for s in lin.segments if s.reference == fact.reference]
+        coded = [(i, r) for i, r in enumerate(fact.reasons) if r.primary is not None]
+        assert rows[0].path == fact.path and len(rows) == 1 + len(coded)
+        assert [s.code for s in rows[1:]] == [r.primary.token for _, r in coded]
+        assert [s.path for s in rows[1:]] == [f"{fact.resource_type}.reasonCode[{i}]" for i, _ in coded]
+        assert all(s.date == fact.date and s.resource_type == fact.resource_type for s in rows[1:])
+        what = "encounter" if fact.resource_type == "Encounter" else "procedure"
+        assert all(s.text.startswith(f"reason for {what}: ") for s in rows[1:])
+        start = lin.segments.index(rows[0])
+        assert lin.segments[start : start + len(rows)] == tuple(rows)  # together, the fact first
+        if fact.resource_type == "Encounter":  # the reason is no longer words of the encounter's text
+            (alone,) = [s for s in plain.segments if s.reference == fact.reference]
+            assert "; reason " in alone.text and "; reason " not in rows[0].text
+    assert [(s.reference, s.path) for s in lin.segments if ".reasonCode[" not in s.path] == [
+        (s.reference, s.path) for s in plain.segments
+    ]  # the same facts, in the same order
+    capped = linearize(record, max_facts=30, reasons=True)
+    assert capped.segments == lin.segments[:32]
+
+
+def test_a_medication_requests_reasons_stay_words_of_its_text() -> None:
+    """One input states one consideration at most: a request can state its drug, its reason a diagnosis."""
+    bundle = patient_bundle("hypertension-adult-2019")
+    request = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
+    )
+    request["reasonCode"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "59621000"}]}]
+    record = read_record(bundle)
+    assert any(m.reasons for m in record.medication_requests)
+    assert linearize(record, reasons=True).segments == linearize(record).segments
+
+
 def test_offsets_segment_at_and_attribution() -> None:
     lin = linearize(read_record(edge("reference-styles"), as_of=NOW))
     text = lin.text

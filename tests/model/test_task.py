@@ -138,25 +138,34 @@ def test_example_time_is_utc():
     assert utc(datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=1)).hour == 1
 
 
-def test_masking_positions_equals_encoding_the_masked_record(records):
-    """Training drops the masked considerations' positions; that is the encoding of the masked record."""
+@pytest.mark.parametrize("options", [{}, {"activities": True, "reasons": True}])
+def test_masking_positions_equals_encoding_the_masked_record(records, options):
+    """Training drops the masked considerations' positions; that is the encoding of the masked record,
+    with a masked diagnosis's mentions as coded reasons gone too when reasons are positions."""
     from cds_plugin.fhir.linearize import linearize
     from cds_plugin.model.dataset import prepare
     from cds_plugin.model.facts import FactVocabulary
     from cds_plugin.model.task import remove_concepts, situation_at
 
-    checked = 0
+    checked = reasons_hidden = 0
     for record in records:
         for t in reference_times(record, 2, random.Random(1)):
             situation = situation_at(record, t, LABELS)
             if not situation.documented:
                 continue
-            vocab = FactVocabulary.fit([(record.reference, linearize(situation.record))], min_count=1)
-            prepared = prepare(situation, vocab, LABELS)
-            hidden = frozenset(sorted(situation.documented)[:2])
-            direct = vocab.encode(linearize(remove_concepts(situation.record, LABELS, hidden)))
-            dropped = prepared.masked(hidden)
-            assert dropped.codes.tolist() == direct.codes.tolist()
-            assert dropped.values.tolist() == direct.values.tolist()
-            checked += 1
+            lin = linearize(situation.record, **options)
+            vocab = FactVocabulary.fit([(record.reference, lin)], min_count=1)
+            prepared = prepare(situation, vocab, LABELS, lin)
+            for hidden in (frozenset(sorted(situation.documented)[:2]), frozenset(situation.documented)):
+                masked = remove_concepts(situation.record, LABELS, hidden)
+                direct = vocab.encode(linearize(masked, **options))
+                dropped = prepared.masked(hidden)
+                assert dropped.codes.tolist() == direct.codes.tolist()
+                assert dropped.values.tolist() == direct.values.tolist()
+                assert dropped.kinds.tolist() == direct.kinds.tolist()
+                reasons_hidden += sum(len(e.reasons) for e in situation.record.encounters) - sum(
+                    len(e.reasons) for e in masked.encounters
+                )
+                checked += 1
     assert checked
+    assert reasons_hidden  # the corpus has masked diagnoses named as encounter reasons

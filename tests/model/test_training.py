@@ -189,27 +189,45 @@ def test_cli_trains_sex_balanced(corpus, tmp_path):
     assert json.loads((out / "training.json").read_text())["config"]["balance_sex"] is True
 
 
-def test_a_model_trained_on_care_plan_activities_reads_them(corpus, tmp_path, tiny_model):
+def test_a_model_reads_the_linearization_it_was_trained_on(corpus, tmp_path, tiny_model):
+    """By default activities and reasons are positions of their own; `--no-...` trains without them,
+    and an old model folder that does not say reads as without."""
     from cds_plugin.cli import main
     from cds_plugin.fhir import linearize
     from cds_plugin.model.dataset import load_corpus
     from cds_plugin.model.engine import Engine
 
-    out = tmp_path / "activities"
-    args = ["train", "--data", str(corpus), "--out", str(out), "--tiny", "--care-plan-activities", "--quiet"]
-    assert main(args) == 0
-    assert json.loads((out / "training.json").read_text())["config"]["care_plan_activities"] is True
-    assert json.loads((out / "cds_plugin.json").read_text())["care_plan_activities"] is True
-    vocab = json.loads((out / "facts.json").read_text())["codes"]
-    with_plans = [r for r in load_corpus(corpus, progress=False) if any(p.activities for p in r.care_plans)]
-    assert with_plans
-    record = with_plans[0]
-    activity_codes = {a.primary.token for p in record.care_plans for a in p.activities if a.primary}
-    assert activity_codes & set(vocab)  # the activities' codes were learnt as facts
-    engine, plain = Engine.load(out), Engine.load(tiny_model)  # the shipped kind reads none
-    assert not load_model(tiny_model).care_plan_activities
+    out = tmp_path / "plain"
+    args = ["train", "--data", str(corpus), "--out", str(out), "--tiny", "--quiet"]
+    assert main([*args, "--no-care-plan-activities", "--no-coded-reasons"]) == 0
+    assert json.loads((out / "training.json").read_text())["config"]["care_plan_activities"] is False
+    meta = json.loads((out / "cds_plugin.json").read_text())
+    assert meta["care_plan_activities"] is False and meta["coded_reasons"] is False
+    default = json.loads((tiny_model / "cds_plugin.json").read_text())
+    assert default["care_plan_activities"] is True and default["coded_reasons"] is True
+    vocab = set(json.loads((tiny_model / "facts.json").read_text())["codes"])
+    records = load_corpus(corpus, progress=False)
+    record = next(
+        r
+        for r in records
+        if any(a.primary for p in r.care_plans for a in p.activities)
+        and any(x.primary for e in r.encounters for x in e.reasons)
+    )
+    activity_codes = {
+        a.primary.token for r in records for p in r.care_plans for a in p.activities if a.primary
+    }
+    assert activity_codes & vocab  # the activities' codes were learnt as facts
+    engine, plain = Engine.load(tiny_model), Engine.load(out)
     _, lin = engine.encode(record)
     _, plain_lin = plain.encode(record)
-    n_activities = sum(".activity[" in s.path for s in lin.segments)
-    assert n_activities and len(lin.segments) == len(plain_lin.segments) + n_activities
-    assert lin == linearize(record, max_facts=load_model(out).max_facts, activities=True)
+    n_parts = sum(".activity[" in s.path or ".reasonCode[" in s.path for s in lin.segments)
+    assert any(".activity[" in s.path for s in lin.segments)
+    assert any(".reasonCode[" in s.path for s in lin.segments)
+    assert len(lin.segments) == len(plain_lin.segments) + n_parts
+    max_facts = load_model(tiny_model).max_facts
+    assert lin == linearize(record, max_facts=max_facts, activities=True, reasons=True)
+    assert plain_lin == linearize(record, max_facts=max_facts)
+    del meta["care_plan_activities"], meta["coded_reasons"]  # a folder written before the options
+    (out / "cds_plugin.json").write_text(json.dumps(meta))
+    old = load_model(out)
+    assert not old.care_plan_activities and not old.coded_reasons
