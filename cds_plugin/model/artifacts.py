@@ -105,7 +105,7 @@ def model_card_text(version: str, labels: LabelSpace, metadata: dict[str, Any], 
         f"- network: {_counts(config.get('network'))}",
         f"- input: one position per FHIR fact, at most {config.get('max_facts')} (most recent first)"
         + "".join(
-            f"; {what} of their own"
+            f"; {what} as positions of their own"
             for key, what in (
                 ("care_plan_activities", "coded care-plan activities"),
                 ("coded_reasons", "coded encounter and procedure reasons"),
