@@ -99,10 +99,10 @@ def test_model_is_a_hugging_face_model(tiny_model):
 
 def test_pretraining_lowers_its_own_loss(corpus, tmp_path):
     meta = train(
-        corpus, tmp_path / "m", TrainConfig.tiny(limit_patients=12, pretrain_epochs=3), progress=False
+        corpus, tmp_path / "m", TrainConfig.tiny(limit_patients=12, pretrain_epochs=5), progress=False
     )
-    losses = meta["pretrain_losses"]
-    assert len(losses) == 3 and losses[-1] < losses[0]
+    losses = meta["pretrain_losses"]  # 12 patients: epoch to epoch it is noisy, over five it falls
+    assert len(losses) == 5 and losses[-1] < losses[0]
 
 
 def test_masks_are_drawn_again_each_epoch(corpus):
