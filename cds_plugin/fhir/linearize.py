@@ -5,10 +5,10 @@ a procedure, ...; with `activities`, a care plan also gives one to each coded ac
 fact to each coded reason) and one row of an explanation: its `text` is what a person reads, its `code`,
 `value`, `unit`, `value_code` and `status` are what the model encodes, and its `reference` names the
 resource, so an attribution per position is an attribution per FHIR resource
-(`Linearization.attribute`). Order: demographics (age,
-sex), then every fact most recent first (undated facts count as current), at most `max_facts`
-segments; `omitted` counts, per resource type, the older facts beyond the cap and the facts never used
-(entered-in-error, cancelled). The output depends only on the record and the arguments.
+(`Linearization.attribute`). Order: demographics (age, sex), then every fact most recent first
+(undated facts count as current), at most `max_facts` segments; `omitted` counts, per resource type,
+the older facts beyond the cap and the facts never used (entered-in-error, cancelled). The output
+depends only on the record and the arguments.
 """
 
 from __future__ import annotations
@@ -546,6 +546,11 @@ def reason_path(resource_type: str, index: int) -> str:
     return f"{resource_type}.reasonCode[{index}]"
 
 
+def is_reason(segment: Segment) -> bool:
+    """A coded reason's segment (`reason_path`), not its fact's."""
+    return ".reasonCode[" in segment.path
+
+
 def part_key(reference: str, path: str) -> str:
     """A segment named apart from the other segments of its resource: its reference and path."""
     return f"{reference}#{path}"
@@ -555,13 +560,12 @@ def _coded_reasons(fact: Encounter | Procedure, now: datetime) -> list[Segment]:
     """One segment per coded reason, after its fact: an encounter "for symptom" says little until its
     reason says sinusitis, and a reason is often the only trace of a problem nobody put on the list.
     They name the fact's resource, so their attributions add up to the fact's."""
-    what = {"Encounter": "encounter", "Procedure": "procedure"}
     out = []
     for i, reason in enumerate(fact.reasons):
         if reason.primary is None:
             continue
         display = clean(reason.display) or "reason"
-        text = f"reason for {what[fact.resource_type]}: {display}" + _when("", fact.date, now)
+        text = f"reason for {fact.resource_type.lower()}: {display}" + _when("", fact.date, now)
         out.append(
             Segment(
                 text,
@@ -571,7 +575,7 @@ def _coded_reasons(fact: Encounter | Procedure, now: datetime) -> list[Segment]:
                 fact.date,
                 display,
                 reason.primary.token,
-                status=getattr(fact, "status", None),
+                status=fact.status,
             )
         )
     return out

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cds_plugin.fhir.linearize import Linearization, Segment, part_key
+from cds_plugin.fhir.linearize import Linearization, Segment, is_reason, part_key
 
 PAD, UNK, MASK = 0, 1, 2
 SPECIAL_CODES = ("[PAD]", "[UNK]", "[MASK]")
@@ -72,11 +72,6 @@ def fact_key(segment: Segment) -> str:
         return "[DECEASED]"
     key = segment.code or f"{segment.resource_type}|text:{segment.display.lower()}"
     return f"{key}={segment.value_code}" if segment.value_code else key
-
-
-def is_reason(segment: Segment) -> bool:
-    """A coded reason of an encounter or procedure (fhir.linearize `reasons`)."""
-    return ".reasonCode[" in segment.path
 
 
 def kind_key(segment: Segment) -> str:
